@@ -1,0 +1,1 @@
+# File operations of one segment; see _segment.pyx.

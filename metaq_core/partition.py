@@ -1,0 +1,621 @@
+"""PartitionLog: the segmented, append-only log of one (topic, partition) (broker.md §1).
+
+It owns the list of segments (copy-on-write, so readers take a snapshot without locking), runs
+start-up recovery, and funnels every append through exactly one writer thread per partition, in
+arrival order, under one of the two flush policies of §1.8:
+
+* group commit (``unflush_threshold <= 0``): the writer takes everything queued (up to
+  ``min(max_transfer_size, 512 KiB)`` bytes), writes it with one vectored write, makes it durable
+  with one fdatasync, then answers every waiting append. An append returns once its record is
+  on disk.
+* threshold (``unflush_threshold > 0``): appends are answered once written to the file (page
+  cache); fdatasync runs when more than ``unflush_threshold`` appends are unflushed, when
+  ``unflush_interval`` ms have passed, and periodically at that interval.
+
+Readers see only the durable end (the high-water mark, §1.7). The log knows nothing of sockets,
+of trio or of message ids: callers hand it finished record fields and a completion sink.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import os
+import threading
+import time
+import attrs
+
+from metaq_core import _segment, record
+from metaq_core.errors import (
+    CorruptRecordError,
+    MessageTooLargeError,
+    MetaqError,
+    ReadOnlyError,
+    StorageIOError,
+    StoreClosedError,
+    StoreLoadError,
+)
+from metaq_core.naming import parse_segment_file_name, segment_file_name
+from metaq_core.segment import Segment, create_segment, sync_directory
+
+log = logging.getLogger("metaq.store")
+
+GROUP_COMMIT_CAP = 512 * 1024
+
+
+@attrs.frozen
+class LogSettings:
+    """Storage settings of one topic (broker.md §2.2/§2.4, in the engine's own units)."""
+
+    num_partitions: int = 1
+    max_segment_size: int = 1024 * 1024 * 1024
+    max_transfer_size: int = 1024 * 1024
+    unflush_threshold: int = 0
+    unflush_interval: int = 10_000  # ms
+    data_path: str | None = None
+
+    @property
+    def group_commit(self) -> bool:
+        return self.unflush_threshold <= 0
+
+    @property
+    def batch_cap(self) -> int:
+        return min(self.max_transfer_size, GROUP_COMMIT_CAP)
+
+
+class OffsetOutOfRangeError(MetaqError):
+    """A read outside ``[min_offset, max_offset)``: ``before_start`` tells which side."""
+
+    def __init__(self, offset: int, min_offset: int, max_offset: int) -> None:
+        self.offset = offset
+        self.min_offset = min_offset
+        self.max_offset = max_offset
+        side = "before the start" if offset < min_offset else "at or past the end"
+        super().__init__(f"offset {offset} is {side} of the log [{min_offset}, {max_offset})")
+
+    @property
+    def before_start(self) -> bool:
+        return self.offset < self.min_offset
+
+
+@attrs.frozen
+class Slice:
+    """A byte range of one segment file, ready to be sent (``os.sendfile``) or read."""
+
+    offset: int       # log offset of the first byte
+    length: int       # bytes; never past the segment's durable end
+    position: int     # position in the segment file
+    segment: Segment = attrs.field(repr=False)
+
+    def fileno(self) -> int:
+        return self.segment.fileno()
+
+    def read(self) -> bytes:
+        return self.segment.read(self.position, self.length)
+
+
+@attrs.frozen
+class Appended:
+    """Where one appended record landed: its offset (first byte), message id and record size."""
+
+    offset: int
+    msg_id: int
+    size: int
+
+
+@attrs.frozen
+class PartitionStatistics:
+    appends: int            # append calls (a batch counts once)
+    records: int            # records appended since open
+    bytes_appended: int
+    batches: int            # writer rounds (one vectored write each)
+    syncs: int              # fdatasync calls
+    max_batch: int          # the most append calls answered by one writer round
+    message_count: int      # records found by recovery + records appended (broker.md §1.13)
+    recovered_bytes_truncated: int
+    io_errors: int
+    segments: int
+    min_offset: int
+    max_offset: int
+    size_bytes: int
+
+
+class Sink:
+    """Where the writer thread delivers finished appends: ``deliver`` is called once per writer
+    round with every request of that round that names this sink (so a trio sink costs one
+    thread crossing per group commit, not one per message)."""
+
+    def deliver(self, requests: list[AppendRequest]) -> None:
+        raise NotImplementedError
+
+
+class ThreadSink(Sink):
+    """Completion for blocking callers: each request carries a threading.Event."""
+
+    def deliver(self, requests: list[AppendRequest]) -> None:
+        for request in requests:
+            request.waiter.set()
+
+
+THREAD_SINK = ThreadSink()
+
+
+class AppendRequest:
+    """One append call: one or more records written contiguously, answered together."""
+
+    __slots__ = ("items", "size", "sink", "waiter", "results", "error", "flush")
+
+    def __init__(self, items: list[tuple[bytes, int, int, int]], size: int, sink: Sink | None,
+                 waiter: object, flush: bool = False) -> None:
+        self.items = items
+        self.size = size
+        self.sink = sink
+        self.waiter = waiter
+        self.results: list[Appended] | None = None
+        self.error: BaseException | None = None
+        self.flush = flush
+
+    def outcome(self) -> list[Appended]:
+        if self.error is not None:
+            raise self.error
+        assert self.results is not None
+        return self.results
+
+
+class PartitionLog:
+    """The log of one topic-partition in ``directory`` (``<data>/<topic>-<partition>``)."""
+
+    def __init__(self, directory: str, topic: str, partition: int, settings: LogSettings, *,
+                 read_only: bool = False, create: bool = True, offset_if_create: int = 0) -> None:
+        self.directory = directory
+        self.topic = topic
+        self.partition = partition
+        self.settings = settings
+        self.read_only = read_only
+        self.group_commit = settings.group_commit
+        self._view: tuple[list[int], list[Segment]] = ([], [])
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[AppendRequest] = collections.deque()
+        self._writer: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+        self._failure: StorageIOError | None = None
+        self._unflushed = 0
+        self._last_flush = time.monotonic()
+        self._retired: list[Segment] = []
+        self._counters = collections.Counter()
+        self._message_count = 0
+        self._recovered_truncated = 0
+        self._load(create, offset_if_create)
+
+    # ----------------------------------------------------------------- loading and recovery
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+    def _list_segments(self) -> list[tuple[int, str]]:
+        found = []
+        for entry in os.listdir(self.directory):
+            try:
+                start = parse_segment_file_name(entry)
+            except ValueError as exc:
+                raise StoreLoadError(f"{self.directory}: {exc}") from None
+            if start is not None:
+                found.append((start, os.path.join(self.directory, entry)))
+        found.sort()
+        return found
+
+    def _load(self, create: bool, offset_if_create: int) -> None:
+        if not os.path.isdir(self.directory):
+            if self.read_only or not create:
+                raise StoreLoadError(f"no store directory {self.directory}")
+            os.makedirs(self.directory, exist_ok=True)
+            sync_directory(os.path.dirname(os.path.abspath(self.directory)))
+        found = self._list_segments()
+        segments = [Segment(start=s, path=p, written=os.path.getsize(p), durable=0) for s, p in found]
+        for seg in segments:
+            seg.durable = seg.written
+        for before, after in zip(segments, segments[1:]):
+            if before.start + before.written != after.start:
+                raise StoreLoadError(
+                    f"segments are not contiguous in {self.directory}: "
+                    f"{os.path.basename(before.path)} ({before.written} bytes) is followed by "
+                    f"{os.path.basename(after.path)}")
+        if not segments:
+            if self.read_only:
+                raise StoreLoadError(f"no segment files in {self.directory}")
+            segments = [create_segment(self.directory, offset_if_create, segment_file_name(offset_if_create))]
+        elif self.read_only:
+            self._scan_tail(segments[-1], 0)
+        else:
+            segments[-1].writable = True
+            self._recover_tail(segments[-1])
+        self._set_view(segments)
+
+    def _recover_tail(self, tail: Segment) -> None:
+        """Keep exactly the complete, valid records of the newest segment (broker.md §1.10)."""
+        fd = tail.fileno()
+        size = os.fstat(fd).st_size
+        count, good, _status = _segment.scan_file(fd, 0, size)
+        self._message_count = count
+        if good < size:
+            os.ftruncate(fd, good)
+            _segment.fullsync(fd)
+            self._recovered_truncated = size - good
+            log.warning("%s: recovery succeeded, %d records kept, %d bytes truncated from %s",
+                        self.name, count, size - good, os.path.basename(tail.path))
+        tail.written = tail.durable = good
+
+    def _scan_tail(self, tail: Segment, start: int) -> None:
+        """Read-only view: the readable end is the end of the last complete, valid record."""
+        fd = tail.fileno()
+        size = os.fstat(fd).st_size
+        count, good, _status = _segment.scan_file(fd, start, size)
+        self._message_count += count
+        tail.written = size
+        tail.durable = good
+
+    def _set_view(self, segments: list[Segment]) -> None:
+        self._view = ([s.start for s in segments], segments)
+
+    def refresh(self) -> None:
+        """Read-only view: pick up segments and records the writing process made since."""
+        if not self.read_only:
+            return
+        with self._cond:
+            _starts, old = self._view
+            by_start = {s.start: s for s in old}
+            found = self._list_segments()
+            if not found:
+                return
+            segments = []
+            for start, path in found:
+                seg = by_start.get(start)
+                if seg is None:
+                    size = os.path.getsize(path)
+                    seg = Segment(start=start, path=path, written=size, durable=size)
+                segments.append(seg)
+            for seg in segments[:-1]:
+                if seg.durable != seg.written or seg is old[-1]:
+                    seg.written = seg.durable = os.path.getsize(seg.path)
+            tail = segments[-1]
+            self._scan_tail(tail, tail.durable)
+            for seg in old:
+                if seg not in segments:
+                    self._retired.append(seg)
+            self._set_view(segments)
+
+    # ----------------------------------------------------------------------------- appends
+
+    def submit(self, items: list[tuple[bytes, int, int, int]], sink: Sink | None, waiter: object,
+               *, flush: bool = False) -> AppendRequest:
+        """Queue records (data, flag, msg_id, checksum or -1) as one append; returns the request.
+
+        The sink's ``deliver`` is called from the writer thread once the request is answered (for
+        group commit: once it is durable). Raises at once, touching nothing, if the log is closed,
+        read-only or a record is larger than ``max_transfer_size``.
+        """
+        limit = self.settings.max_transfer_size
+        size = 0
+        for data, _flag, _msg_id, _crc in items:
+            n = 20 + len(data)
+            if n > limit:
+                raise MessageTooLargeError(
+                    f"record of {n} bytes is larger than maxTransferSize {limit}")
+            size += n
+        request = AppendRequest(items, size, sink, waiter, flush)
+        with self._cond:
+            self._check_writable()
+            self._queue.append(request)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._writer_main, name=f"metaq-writer-{self.name}", daemon=True)
+                self._writer.start()
+            elif len(self._queue) == 1:
+                self._cond.notify()
+        return request
+
+    def _check_writable(self) -> None:
+        if self._closing or self._closed:
+            raise StoreClosedError(f"{self.name}: the log is closed")
+        if self.read_only:
+            raise ReadOnlyError(f"{self.name}: the log is open read-only")
+        if self._failure is not None:
+            raise StorageIOError(
+                f"{self.name}: the partition is read-only after an I/O error ({self._failure})")
+
+    def append_many(self, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
+        """Append records and block until they are answered under the flush policy."""
+        request = self.submit(items, THREAD_SINK, threading.Event())
+        request.waiter.wait()
+        return request.outcome()
+
+    def append(self, data: bytes, *, flag: int = 0, msg_id: int = 0, checksum: int = -1) -> Appended:
+        return self.append_many([(data, flag, msg_id, checksum)])[0]
+
+    def flush(self) -> None:
+        """Block until everything appended before this call is durable (fdatasync)."""
+        if self.read_only:
+            return
+        request = self.submit([], THREAD_SINK, threading.Event(), flush=True)
+        request.waiter.wait()
+        request.outcome()
+
+    # ------------------------------------------------------------------------ writer thread
+
+    def _take_batch(self) -> list[AppendRequest]:
+        cap = self.settings.batch_cap
+        queue = self._queue
+        batch = [queue.popleft()]
+        size = batch[0].size
+        while queue and size + queue[0].size <= cap:
+            request = queue.popleft()
+            size += request.size
+            batch.append(request)
+        return batch
+
+    def _flush_due_in(self) -> float | None:
+        if self.group_commit or self._unflushed == 0 or self.settings.unflush_interval <= 0:
+            return None
+        return self._last_flush + self.settings.unflush_interval / 1000.0 - time.monotonic()
+
+    def _writer_main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    due = self._flush_due_in()
+                    if due is not None and due <= 0:
+                        break
+                    self._cond.wait(due)
+                if not self._queue:
+                    if self._closing:
+                        break
+                    batch = []
+                else:
+                    batch = self._take_batch()
+            if batch:
+                self._write_batch(batch)
+            else:
+                self._periodic_flush()
+        self._periodic_flush()
+
+    def _periodic_flush(self) -> None:
+        if self._failure is not None or self._unflushed == 0:
+            return
+        tail = self._view[1][-1]
+        try:
+            self._sync(tail)
+        except OSError as exc:
+            self._fail_io(tail, tail.written, exc, [])
+
+    def _sync(self, tail: Segment) -> None:
+        _segment.datasync(tail.fileno())
+        self._counters["syncs"] += 1
+        tail.durable = tail.written
+        self._unflushed = 0
+        self._last_flush = time.monotonic()
+
+    def _write_batch(self, batch: list[AppendRequest]) -> None:
+        if self._failure is not None:
+            self._answer(batch, self._failure)
+            return
+        tail = self._view[1][-1]
+        before = tail.written
+        items = [item for request in batch for item in request.items]
+        try:
+            sizes = _segment.append_records(tail.fileno(), items) if items else []
+            written = sum(sizes)
+            tail.written = before + written
+            appends = sum(1 for r in batch if r.items)
+            self._unflushed += appends
+            force = any(r.flush for r in batch)
+            if self.group_commit or force or self._threshold_reached():
+                self._sync(tail)
+        except OSError as exc:
+            self._fail_io(tail, before, exc, batch)
+            return
+        position = tail.start + before
+        index = 0
+        for request in batch:
+            results = []
+            for data, _flag, msg_id, _crc in request.items:
+                size = sizes[index]
+                results.append(Appended(position, msg_id, size))
+                position += size
+                index += 1
+            request.results = results
+        counters = self._counters
+        counters["appends"] += appends
+        counters["records"] += len(items)
+        counters["bytes"] += written
+        counters["batches"] += 1
+        if len(batch) > counters["max_batch"]:
+            counters["max_batch"] = len(batch)
+        self._message_count += len(items)
+        self._answer(batch, None)
+        if tail.written >= self.settings.max_segment_size:
+            try:
+                self._roll(tail)
+            except OSError as exc:
+                self._fail_io(tail, tail.written, exc, [])
+
+    def _threshold_reached(self) -> bool:
+        if self._unflushed > self.settings.unflush_threshold:
+            return True
+        interval = self.settings.unflush_interval
+        return interval > 0 and time.monotonic() - self._last_flush >= interval / 1000.0
+
+    def _answer(self, batch: list[AppendRequest], error: BaseException | None) -> None:
+        by_sink: dict[int, tuple[Sink, list[AppendRequest]]] = {}
+        for request in batch:
+            if error is not None:
+                request.error = error
+            if request.sink is not None:
+                entry = by_sink.get(id(request.sink))
+                if entry is None:
+                    by_sink[id(request.sink)] = (request.sink, [request])
+                else:
+                    entry[1].append(request)
+        for sink, requests in by_sink.values():
+            try:
+                sink.deliver(requests)
+            except Exception:  # a sink whose event loop is gone must not kill the writer
+                log.exception("%s: delivering append results failed", self.name)
+
+    def _fail_io(self, tail: Segment, good_length: int, exc: OSError, batch: list[AppendRequest]) -> None:
+        """An I/O error: cut the file back, fail this and every later append, go read-only."""
+        self._counters["io_errors"] += 1
+        error = StorageIOError(f"{self.name}: write to {os.path.basename(tail.path)} failed: {exc}")
+        error.__cause__ = exc
+        try:
+            os.ftruncate(tail.fileno(), good_length)
+            tail.written = good_length
+            tail.durable = min(tail.durable, good_length)
+        except OSError as cut:
+            log.critical("%s: could not cut %s back to %d bytes: %s", self.name, tail.path, good_length, cut)
+        log.critical("%s: I/O error, the partition is now read-only: %s", self.name, exc)
+        with self._cond:
+            self._failure = error
+            pending = list(self._queue)
+            self._queue.clear()
+        self._answer(batch + pending, error)
+
+    def _roll(self, tail: Segment) -> None:
+        if tail.durable != tail.written:
+            self._sync(tail)
+        start = tail.start + tail.written
+        new = create_segment(self.directory, start, segment_file_name(start))
+        tail.writable = False
+        _starts, segments = self._view
+        self._set_view(segments + [new])
+        log.info("%s: rolled to segment %s", self.name, os.path.basename(new.path))
+
+    # ------------------------------------------------------------------------------- reads
+
+    def _segments(self) -> list[Segment]:
+        if self._closed:
+            raise StoreClosedError(f"{self.name}: the log is closed")
+        return self._view[1]
+
+    @property
+    def min_offset(self) -> int:
+        return self._segments()[0].start
+
+    @property
+    def max_offset(self) -> int:
+        """The readable (durable) end of the log."""
+        return self._segments()[-1].end
+
+    def nearest_offset(self, offset: int) -> int:
+        """The ``offset`` command (§1.6): min if before, max if past the end, else the start of the
+        segment that holds ``offset``."""
+        starts, segments = self._view
+        if offset < segments[0].start:
+            return segments[0].start
+        end = segments[-1].end
+        if offset >= end:
+            return end
+        return segments[bisect.bisect_right(starts, offset) - 1].start
+
+    def slice(self, offset: int, max_bytes: int) -> Slice:
+        """The bytes from ``offset``: at most ``max_bytes`` and ``max_transfer_size``, never past
+        the containing segment's end or the durable end. Raises OffsetOutOfRangeError outside
+        ``[min_offset, max_offset)``. The slice may end inside a record."""
+        if self._closed:
+            raise StoreClosedError(f"{self.name}: the log is closed")
+        starts, segments = self._view
+        first, last = segments[0], segments[-1]
+        if offset < first.start or offset >= last.end:
+            if self.read_only and offset >= last.end:
+                self.refresh()
+                starts, segments = self._view
+                first, last = segments[0], segments[-1]
+            if offset < first.start or offset >= last.end:
+                raise OffsetOutOfRangeError(offset, first.start, last.end)
+        segment = segments[bisect.bisect_right(starts, offset) - 1]
+        position = offset - segment.start
+        length = min(max_bytes, self.settings.max_transfer_size, segment.durable - position)
+        return Slice(offset=offset, length=max(length, 0), position=position, segment=segment)
+
+    def read_records(self, offset: int, max_bytes: int) -> tuple[list[tuple[int, int, int, bytes]], int]:
+        """Decode the complete records from ``offset`` within ``max_bytes``.
+
+        Returns ([(offset, msg_id, flag, data)], next offset). If the first record is larger than
+        ``max_bytes`` it is read whole anyway, so a read always makes progress. A record that fails
+        its checksum raises CorruptRecordError (unless records before it were returned).
+        """
+        piece = self.slice(offset, max_bytes)
+        buf = piece.read()
+        records, end, status = record.decode(buf, offset)
+        if not records and status == record.PARTIAL and len(buf) >= 20:
+            need = 20 + record.decode_header(buf)[0]
+            if need <= piece.segment.durable - piece.position:
+                buf = piece.segment.read(piece.position, need)
+                records, end, status = record.decode(buf, offset)
+        if not records and status == record.CORRUPT:
+            raise CorruptRecordError(f"{self.name}: corrupt record at offset {offset}")
+        self._counters["reads"] += 1
+        return records, offset + end
+
+    # ----------------------------------------------------------------------- retention, close
+
+    def segments(self) -> list[Segment]:
+        """A snapshot of the segment list (oldest first)."""
+        return list(self._segments())
+
+    def remove_oldest(self, count: int) -> list[Segment]:
+        """Drop the ``count`` oldest read-only segments from the list (never the newest) and
+        return them; their files are the caller's to delete or archive."""
+        with self._cond:
+            _starts, segments = self._view
+            count = min(count, len(segments) - 1)
+            if count <= 0:
+                return []
+            removed = segments[:count]
+            self._set_view(segments[count:])
+            # Close retired files on the next call, so a reader holding a slice can finish.
+            stale, self._retired = self._retired, removed
+        for seg in stale:
+            seg.close()
+        return removed
+
+    def close(self) -> None:
+        """Stop accepting appends, write and sync everything queued, answer it, close the files."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            writer = self._writer
+            self._cond.notify_all()
+        if writer is not None:
+            writer.join()
+        with self._cond:
+            self._closed = True
+            segments = self._view[1] + self._retired
+        for seg in segments:
+            seg.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def statistics(self) -> PartitionStatistics:
+        c = self._counters
+        segments = self._view[1]
+        return PartitionStatistics(
+            appends=c["appends"], records=c["records"], bytes_appended=c["bytes"],
+            batches=c["batches"], syncs=c["syncs"], max_batch=c["max_batch"],
+            message_count=self._message_count,
+            recovered_bytes_truncated=self._recovered_truncated, io_errors=c["io_errors"],
+            segments=len(segments), min_offset=segments[0].start, max_offset=segments[-1].end,
+            size_bytes=sum(s.written for s in segments),
+        )
+
+
+
+__all__ = [
+    "Appended", "AppendRequest", "LogSettings", "OffsetOutOfRangeError", "PartitionLog",
+    "PartitionStatistics", "Sink", "Slice", "ThreadSink", "THREAD_SINK",
+]
