@@ -8,7 +8,8 @@ the answer. Standard library only.
 Syntax (six or seven whitespace-separated fields, names case-insensitive)::
 
     seconds  minutes  hours  day-of-month  month       day-of-week       [year]
-    0-59     0-59     0-23   1-31          1-12|JAN-DEC 1-7|SUN-SAT (1=SUN) 1970-2099
+    0-59     0-59     0-23   1-31          1-12         1-7 (1 = SUN)     1970-2099
+                                           or JAN-DEC   or SUN-SAT
 
 * ``*`` every value; ``a,b,c`` lists; ``a-b`` ranges (wrapping when ``a > b``, e.g. ``FRI-MON``
   or hours ``22-2``, except in the year field); ``a/n``, ``*/n``, ``/n``, ``a-b/n`` steps
@@ -37,6 +38,7 @@ from metaq_core.errors import MetaqError
 
 __all__ = [
     "DEFAULT_DELETE_WHEN",
+    "MAX_SEARCH_YEAR",
     "MAX_YEAR",
     "MIN_YEAR",
     "CronError",
@@ -84,7 +86,9 @@ class _Field:
             value = self.low + self.names.index(token)
         else:
             if self.names:
-                expected = f"a number {self.low}-{self.high} or a name {self.names[0]}-{self.names[-1]}"
+                expected = (
+                    f"a number {self.low}-{self.high} or a name {self.names[0]}-{self.names[-1]}"
+                )
             else:
                 expected = f"a number {self.low}-{self.high}"
             raise _Bad(f"{token!r} is not {expected}")
@@ -123,7 +127,7 @@ _DOW_NTH = re.compile(rf"(?P<day>{_VALUE})#(?P<nth>[0-9]+)", re.ASCII)
 
 
 class _Bad(Exception):
-    """A problem in one field; :func:`_parse` turns it into a :class:`CronError` naming the field."""
+    """A problem in one field; :func:`_parse` makes it a :class:`CronError` naming the field."""
 
 
 def _parse_item(field: _Field, item: str) -> set[int]:
@@ -250,7 +254,9 @@ class _LastDayOfWeek:
         return [last - (_quartz_dow(year, month, last) - self.dow) % 7]
 
 
-_DayRule = _DaysOfMonth | _LastDayOfMonth | _NearestWeekday | _DaysOfWeek | _NthDayOfWeek | _LastDayOfWeek
+_DayRule = (
+    _DaysOfMonth | _LastDayOfMonth | _NearestWeekday | _DaysOfWeek | _NthDayOfWeek | _LastDayOfWeek
+)
 
 
 def _parse_day_of_month(token: str) -> _DayRule:
@@ -334,7 +340,8 @@ def _parse(text: str) -> _Spec:
             else:
                 parsed.append(tuple(sorted(_parse_set(field, token))))
         except _Bad as exc:
-            raise CronError(f"invalid {field.name} field {original[i]!r} in {text!r}: {exc}") from None
+            message = f"invalid {field.name} field {original[i]!r} in {text!r}: {exc}"
+            raise CronError(message) from None
     dom, dow = parsed[_DOM], parsed[_DOW]
     if dom is None and dow is None:
         raise CronError(f"'?' can only be specified for day-of-month -or- day-of-week, in {text!r}")
@@ -351,6 +358,9 @@ def _parse(text: str) -> _Spec:
         days=dom if dow is None else dow,  # type: ignore[arg-type]
         years=parsed[_YEAR] if len(parsed) == 7 else None,  # type: ignore[arg-type]
     )
+
+
+_Fields6 = tuple[int, int, int, int, int, int]  # year, month, day, hour, minute, second
 
 
 def _at_or_after(values: tuple[int, ...] | list[int], low: int) -> Iterable[int]:
@@ -407,7 +417,8 @@ class CronExpression:
         if not isinstance(after, datetime.datetime):
             raise TypeError(f"after must be a datetime.datetime, not {type(after).__name__}")
         try:
-            start = after.replace(microsecond=0, tzinfo=None, fold=0) + datetime.timedelta(seconds=1)
+            wall = after.replace(microsecond=0, tzinfo=None, fold=0)
+            start = wall + datetime.timedelta(seconds=1)
         except OverflowError:
             return None
         found = self._first_at_or_after(start)
@@ -430,7 +441,7 @@ class CronExpression:
 
     # -- search --------------------------------------------------------------------------------
 
-    def _first_at_or_after(self, start: datetime.datetime) -> tuple[int, int, int, int, int, int] | None:
+    def _first_at_or_after(self, start: datetime.datetime) -> _Fields6 | None:
         spec = self._spec
         y0, mo0, d0 = start.year, start.month, start.day
         years: Iterable[int]

@@ -549,9 +549,11 @@ class PartitionLog:
         piece = self.slice(offset, max_bytes)
         buf = piece.read()
         records, end, status = record.decode(buf, offset)
-        if not records and status == record.PARTIAL and len(buf) >= 20:
-            need = 20 + record.decode_header(buf)[0]
-            if need <= piece.segment.durable - piece.position:
+        available = piece.segment.durable - piece.position
+        if not records and status == record.PARTIAL and available >= 20:
+            header = buf if len(buf) >= 20 else piece.segment.read(piece.position, 20)
+            need = 20 + record.decode_header(header)[0]
+            if need <= available:
                 buf = piece.segment.read(piece.position, need)
                 records, end, status = record.decode(buf, offset)
         if not records and status == record.CORRUPT:

@@ -31,6 +31,11 @@ def at_noon(*days: tuple[int, int, int]) -> list[D]:
     return [D(y, m, d, 12, 0, 0) for y, m, d in days]
 
 
+def noon_2026(days_of_months: list[int]) -> list[D]:
+    """Noon on day ``days_of_months[i]`` of month ``i + 1`` of 2026."""
+    return [D(2026, m, d, 12) for m, d in zip(range(1, 13), days_of_months, strict=True)]
+
+
 # ---------------------------------------------------------------------------------------------
 # MetaQ's default deleteWhen
 # ---------------------------------------------------------------------------------------------
@@ -89,14 +94,16 @@ def test_last_friday_6L_over_2026() -> None:
 def test_last_weekday_LW() -> None:
     # Jan 31, Feb 28 and Oct 31 2026 are Saturdays, May 31 is a Sunday.
     days = [30, 27, 31, 30, 29, 30, 31, 31, 30, 30, 30, 31]
-    assert fires("0 0 12 LW * ?", D(2026, 1, 1), 12) == [D(2026, m, d, 12) for m, d in zip(range(1, 13), days)]
+    assert fires("0 0 12 LW * ?", D(2026, 1, 1), 12) == noon_2026(days)
 
 
 def test_last_day_L() -> None:
     assert fires("0 0 12 L * ?", D(2027, 12, 31, 13), 4) == at_noon(
         (2028, 1, 31), (2028, 2, 29), (2028, 3, 31), (2028, 4, 30)
     )
-    assert fires("0 0 12 L 2 ?", D(2026, 1, 1), 3) == at_noon((2026, 2, 28), (2027, 2, 28), (2028, 2, 29))
+    assert fires("0 0 12 L 2 ?", D(2026, 1, 1), 3) == at_noon(
+        (2026, 2, 28), (2027, 2, 28), (2028, 2, 29)
+    )
 
 
 def test_last_day_offset_L_minus_3() -> None:
@@ -110,20 +117,22 @@ def test_last_day_offset_L_minus_3() -> None:
 
 def test_last_day_offset_too_far_back_skips_short_months() -> None:
     # L-30 is the 1st of 31-day months and does not exist in shorter ones
-    assert fires("0 0 12 L-30 * ?", D(2026, 1, 2), 3) == at_noon((2026, 3, 1), (2026, 5, 1), (2026, 7, 1))
+    assert fires("0 0 12 L-30 * ?", D(2026, 1, 2), 3) == at_noon(
+        (2026, 3, 1), (2026, 5, 1), (2026, 7, 1)
+    )
 
 
 def test_nearest_weekday_to_last_day_offset_L_minus_1_W() -> None:
     # L-1 in 2026: May 30 is a Saturday -> Fri 29; Aug 30 and Nov 29 are Sundays -> the Monday after
     # (which is still in the month); the others are weekdays.
     days = [30, 27, 30, 29, 29, 29, 30, 31, 29, 30, 30, 30]
-    assert fires("0 0 12 L-1W * ?", D(2026, 1, 1), 12) == [D(2026, m, d, 12) for m, d in zip(range(1, 13), days)]
+    assert fires("0 0 12 L-1W * ?", D(2026, 1, 1), 12) == noon_2026(days)
 
 
 def test_nearest_weekday_15W_around_weekends() -> None:
-    # The 15th of 2026: Feb, Mar, Nov are Sundays (-> Monday 16th), Aug is a Saturday (-> Friday 14th).
+    # The 15th of 2026: Feb, Mar, Nov are Sundays (-> Monday 16th), Aug a Saturday (-> Friday 14th)
     days = [15, 16, 16, 15, 15, 15, 15, 14, 15, 15, 16, 15]
-    assert fires("0 0 12 15W * ?", D(2026, 1, 1), 12) == [D(2026, m, d, 12) for m, d in zip(range(1, 13), days)]
+    assert fires("0 0 12 15W * ?", D(2026, 1, 1), 12) == noon_2026(days)
 
 
 def test_nearest_weekday_1W_does_not_cross_month_start() -> None:
@@ -131,14 +140,16 @@ def test_nearest_weekday_1W_does_not_cross_month_start() -> None:
     assert parse_cron("0 0 12 1W * ?").next_fire_time(D(2026, 7, 2)) == D(2026, 8, 3, 12)
     # Feb 1, Mar 1 and Nov 1 2026 are Sundays -> Monday the 2nd
     days = [1, 2, 2, 1, 1, 1, 1, 3, 1, 1, 2, 1]
-    assert fires("0 0 12 1W * ?", D(2026, 1, 1), 12) == [D(2026, m, d, 12) for m, d in zip(range(1, 13), days)]
+    assert fires("0 0 12 1W * ?", D(2026, 1, 1), 12) == noon_2026(days)
 
 
 def test_nearest_weekday_31W_does_not_cross_month_end() -> None:
     # May 31 2026 is a Sunday: Monday Jun 1 is in another month, so Friday May 29.
     assert parse_cron("0 0 12 31W * ?").next_fire_time(D(2026, 5, 1)) == D(2026, 5, 29, 12)
     # Jan 31 and Oct 31 are Saturdays -> Friday the 30th. Months without a 31st never fire.
-    expected = at_noon((2026, 1, 30), (2026, 3, 31), (2026, 5, 29), (2026, 7, 31), (2026, 8, 31), (2026, 10, 30))
+    expected = at_noon(
+        (2026, 1, 30), (2026, 3, 31), (2026, 5, 29), (2026, 7, 31), (2026, 8, 31), (2026, 10, 30)
+    )
     assert fires("0 0 12 31W * ?", D(2026, 1, 1), 6) == expected
 
 
@@ -226,8 +237,18 @@ def test_star_steps_in_other_fields() -> None:
         D(2026, 1, 2, 0),
     ]
     # day-of-month */10 = 1,11,21,31 ; month */4 = JAN,MAY,SEP
-    assert fires("0 0 0 */10 * ?", D(2026, 2, 1), 4) == [D(2026, 2, 11), D(2026, 2, 21), D(2026, 3, 1), D(2026, 3, 11)]
-    assert fires("0 0 0 1 */4 ?", D(2026, 1, 1), 4) == [D(2026, 5, 1), D(2026, 9, 1), D(2027, 1, 1), D(2027, 5, 1)]
+    assert fires("0 0 0 */10 * ?", D(2026, 2, 1), 4) == [
+        D(2026, 2, 11),
+        D(2026, 2, 21),
+        D(2026, 3, 1),
+        D(2026, 3, 11),
+    ]
+    assert fires("0 0 0 1 */4 ?", D(2026, 1, 1), 4) == [
+        D(2026, 5, 1),
+        D(2026, 9, 1),
+        D(2027, 1, 1),
+        D(2027, 5, 1),
+    ]
 
 
 def test_leap_day_feb_29() -> None:
@@ -240,12 +261,25 @@ def test_leap_day_feb_29() -> None:
 
 def test_names_mon_fri_and_month_lists() -> None:
     # Fri Jan 2 2026 10:00 -> Monday Jan 5 09:00
-    assert fires("0 0 9 ? * MON-FRI", D(2026, 1, 2, 10), 3) == [D(2026, 1, 5, 9), D(2026, 1, 6, 9), D(2026, 1, 7, 9)]
+    assert fires("0 0 9 ? * MON-FRI", D(2026, 1, 2, 10), 3) == [
+        D(2026, 1, 5, 9),
+        D(2026, 1, 6, 9),
+        D(2026, 1, 7, 9),
+    ]
     assert fires("0 0 9 ? * mon-fri", D(2026, 1, 2, 10), 1) == [D(2026, 1, 5, 9)]
-    assert fires("0 0 0 1 JAN,MAR ?", D(2026, 1, 1), 3) == [D(2026, 3, 1), D(2027, 1, 1), D(2027, 3, 1)]
+    assert fires("0 0 0 1 JAN,MAR ?", D(2026, 1, 1), 3) == [
+        D(2026, 3, 1),
+        D(2027, 1, 1),
+        D(2027, 3, 1),
+    ]
     assert fires("0 0 0 1 jan,Mar ?", D(2026, 1, 1), 1) == [D(2026, 3, 1)]
     assert fires("0 0 0 1 1,3 ?", D(2026, 1, 1), 1) == [D(2026, 3, 1)]
-    assert fires("0 0 0 1 JUL-SEP ?", D(2026, 1, 1), 4) == [D(2026, 7, 1), D(2026, 8, 1), D(2026, 9, 1), D(2027, 7, 1)]
+    assert fires("0 0 0 1 JUL-SEP ?", D(2026, 1, 1), 4) == [
+        D(2026, 7, 1),
+        D(2026, 8, 1),
+        D(2026, 9, 1),
+        D(2027, 7, 1),
+    ]
 
 
 def test_weekday_list_with_names() -> None:
@@ -289,9 +323,18 @@ def test_wrapping_ranges() -> None:
 def test_year_field() -> None:
     assert fires("0 0 0 1 1 ? 2030", D(2026, 1, 1), 3) == [D(2030, 1, 1)]
     assert parse_cron("0 0 0 1 1 ? 2030").next_fire_time(D(2030, 1, 1)) is None
-    assert fires("0 0 0 1 1 ? 2030-2032", D(2026, 1, 1), 5) == [D(2030, 1, 1), D(2031, 1, 1), D(2032, 1, 1)]
+    assert fires("0 0 0 1 1 ? 2030-2032", D(2026, 1, 1), 5) == [
+        D(2030, 1, 1),
+        D(2031, 1, 1),
+        D(2032, 1, 1),
+    ]
     assert fires("0 0 0 1 1 ? 2027,2029", D(2026, 1, 1), 5) == [D(2027, 1, 1), D(2029, 1, 1)]
-    assert fires("0 0 0 1 1 ? 2030/20", D(2026, 1, 1), 5) == [D(2030, 1, 1), D(2050, 1, 1), D(2070, 1, 1), D(2090, 1, 1)]
+    assert fires("0 0 0 1 1 ? 2030/20", D(2026, 1, 1), 5) == [
+        D(2030, 1, 1),
+        D(2050, 1, 1),
+        D(2070, 1, 1),
+        D(2090, 1, 1),
+    ]
     assert fires("0 0 0 1 1 ? *", D(2026, 1, 1), 2) == [D(2027, 1, 1), D(2028, 1, 1)]
 
 
@@ -322,7 +365,11 @@ def test_search_is_fast_for_dense_and_sparse_expressions() -> None:
     start = time.perf_counter()
     every_second = parse_cron("* * * * * ?")
     t = D(2026, 1, 1, 23, 59, 59)
-    assert every_second.fire_times(t, 3) == [D(2026, 1, 2), D(2026, 1, 2, 0, 0, 1), D(2026, 1, 2, 0, 0, 2)]
+    assert every_second.fire_times(t, 3) == [
+        D(2026, 1, 2),
+        D(2026, 1, 2, 0, 0, 1),
+        D(2026, 1, 2, 0, 0, 2),
+    ]
     # Fifth Sunday of February: only in leap years whose February starts on a Sunday.
     assert parse_cron("0 0 0 ? 2 1#5").next_fire_time(D(2026, 1, 1)) == D(2032, 2, 29)
     assert calendar.weekday(2032, 2, 1) == calendar.SUNDAY
@@ -402,7 +449,8 @@ def test_fire_times_stop_when_the_expression_runs_out() -> None:
 
 def test_next_fire_time_rejects_non_datetime() -> None:
     with pytest.raises(TypeError):
-        parse_cron(DEFAULT_DELETE_WHEN).next_fire_time(datetime.date(2026, 1, 1))  # type: ignore[arg-type]
+        expr = parse_cron(DEFAULT_DELETE_WHEN)
+        expr.next_fire_time(datetime.date(2026, 1, 1))  # type: ignore[arg-type]
 
 
 def test_matches() -> None:
@@ -530,7 +578,12 @@ def test_accepted(expr: str) -> None:
 # A field strategy yields (text, set of values) pairs, built independently of the parser.
 
 
-def field_strategy(low: int, high: int, names: tuple[str, ...] = ()) -> st.SearchStrategy[tuple[str, frozenset[int]]]:
+FieldDraw = tuple[str, frozenset[int]]  # (field text, the values it stands for)
+
+
+def field_strategy(
+    low: int, high: int, names: tuple[str, ...] = ()
+) -> st.SearchStrategy[FieldDraw]:
     def name(v: int, use_names: bool) -> str:
         return names[v - low] if use_names and names else str(v)
 
@@ -541,13 +594,13 @@ def field_strategy(low: int, high: int, names: tuple[str, ...] = ()) -> st.Searc
         lambda vs: st.booleans().map(lambda n: (",".join(name(v, n) for v in vs), frozenset(vs)))
     )
 
-    def make_range(a: int, b: int, n: bool) -> tuple[str, frozenset[int]]:
+    def make_range(a: int, b: int, n: bool) -> FieldDraw:
         a, b = min(a, b), max(a, b)
         return f"{name(a, n)}-{name(b, n)}", frozenset(range(a, b + 1))
 
     ranged = st.builds(make_range, values, values, st.booleans())
 
-    def make_step(a: int, b: int, step: int, form: int) -> tuple[str, frozenset[int]]:
+    def make_step(a: int, b: int, step: int, form: int) -> FieldDraw:
         a, b = min(a, b), max(a, b)
         if form == 0:
             return f"*/{step}", frozenset(range(low, high + 1, step))
@@ -576,7 +629,8 @@ def quartz_dow(d: datetime.date) -> int:
 
 
 # Day oracles: (text of the day-of-month field, text of the day-of-week field, predicate on a date)
-DayOracle = tuple[str, str, Callable[[datetime.date], bool]]
+DatePredicate = Callable[[datetime.date], bool]
+DayOracle = tuple[str, str, DatePredicate]
 
 
 def month_days(d: datetime.date) -> list[datetime.date]:
@@ -587,7 +641,7 @@ def is_weekday(d: datetime.date) -> bool:
     return d.isoweekday() <= 5
 
 
-def nearest_weekday_oracle(target_of: Callable[[datetime.date], int | None]) -> Callable[[datetime.date], bool]:
+def nearest_weekday_oracle(target_of: Callable[[datetime.date], int | None]) -> DatePredicate:
     """The weekday of the month with the smallest distance to the target day (no ties exist)."""
 
     def pred(d: datetime.date) -> bool:
@@ -607,7 +661,8 @@ def last_day(d: datetime.date) -> int:
 
 @st.composite
 def day_rule(draw: st.DrawFn) -> DayOracle:
-    kind = draw(st.sampled_from(["dom", "dow", "L", "LW", "L-n", "L-nW", "nW", "nL", "n#k", "dowL"]))
+    kinds = ["dom", "dow", "L", "LW", "L-n", "L-nW", "nW", "nL", "n#k", "dowL"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "dom":
         text, values = draw(dom_f)
         return text, "?", lambda d: d.day in values
@@ -658,9 +713,9 @@ start_times = st.datetimes(min_value=D(1999, 1, 1), max_value=D(2095, 12, 31, 23
     after=start_times,
 )
 def test_property_next_fire_time_is_the_first_match_seconds_brute_force(
-    sec: tuple[str, frozenset[int]],
-    minute: tuple[str, frozenset[int]],
-    hour: tuple[str, frozenset[int]],
+    sec: FieldDraw,
+    minute: FieldDraw,
+    hour: FieldDraw,
     day: DayOracle,
     after: D,
 ) -> None:
@@ -669,7 +724,12 @@ def test_property_next_fire_time_is_the_first_match_seconds_brute_force(
     expr = parse_cron(text)
 
     def oracle(t: D) -> bool:
-        return t.second in sec[1] and t.minute in minute[1] and t.hour in hour[1] and day_ok(t.date())
+        return (
+            t.second in sec[1]
+            and t.minute in minute[1]
+            and t.hour in hour[1]
+            and day_ok(t.date())
+        )
 
     result = expr.next_fire_time(after)
     window_end = after.replace(microsecond=0) + datetime.timedelta(hours=3)
@@ -693,7 +753,9 @@ def test_property_next_fire_time_is_the_first_match_seconds_brute_force(
     hour=st.lists(st.integers(0, 23), min_size=1, max_size=2, unique=True),
     day=day_rule(),
     month=months_f,
-    years=st.one_of(st.none(), st.lists(st.integers(2000, 2040), min_size=1, max_size=3, unique=True)),
+    years=st.one_of(
+        st.none(), st.lists(st.integers(2000, 2040), min_size=1, max_size=3, unique=True)
+    ),
     after=st.datetimes(min_value=D(1999, 1, 1), max_value=D(2040, 12, 31, 23, 59, 59)),
 )
 def test_property_next_fire_time_is_the_first_match_day_brute_force(
@@ -701,21 +763,25 @@ def test_property_next_fire_time_is_the_first_match_day_brute_force(
     minute: list[int],
     hour: list[int],
     day: DayOracle,
-    month: tuple[str, frozenset[int]],
+    month: FieldDraw,
     years: list[int] | None,
     after: D,
 ) -> None:
     dom_text, dow_text, day_ok = day
     year_text = "" if years is None else " " + ",".join(map(str, years))
-    text = f"{','.join(map(str, sec))} {','.join(map(str, minute))} {','.join(map(str, hour))} {dom_text} {month[0]} {dow_text}{year_text}"
+    time_text = " ".join(",".join(map(str, values)) for values in (sec, minute, hour))
+    text = f"{time_text} {dom_text} {month[0]} {dow_text}{year_text}"
     expr = parse_cron(text)
-    times_of_day = sorted(datetime.time(h, m, s) for h, m, s in itertools.product(hour, minute, sec))
+    times_of_day = sorted(
+        datetime.time(h, m, s) for h, m, s in itertools.product(hour, minute, sec)
+    )
 
     def date_ok(d: datetime.date) -> bool:
         return (years is None or d.year in years) and d.month in month[1] and day_ok(d)
 
     # brute force, one day at a time, over six years (or up to the last listed year)
-    last = datetime.date(after.year + 6, 12, 31) if years is None else datetime.date(max(years), 12, 31)
+    last_year = after.year + 6 if years is None else max(years)
+    last = datetime.date(last_year, 12, 31)
     expected: D | None = None
     d = after.date()
     while d <= last and expected is None:
@@ -752,11 +818,11 @@ def test_property_fire_times_increase_and_match(day: DayOracle, after: D) -> Non
 @settings(max_examples=100, deadline=None)
 @given(sec=seconds_f, minute=minutes_f, hour=hours_f, dom=dom_f, month=months_f)
 def test_property_field_texts_parse(
-    sec: tuple[str, frozenset[int]],
-    minute: tuple[str, frozenset[int]],
-    hour: tuple[str, frozenset[int]],
-    dom: tuple[str, frozenset[int]],
-    month: tuple[str, frozenset[int]],
+    sec: FieldDraw,
+    minute: FieldDraw,
+    hour: FieldDraw,
+    dom: FieldDraw,
+    month: FieldDraw,
 ) -> None:
     # every generated field text is accepted, and its first fire time uses the smallest values
     expr = parse_cron(f"{sec[0]} {minute[0]} {hour[0]} {dom[0]} {month[0]} ?")
