@@ -1,0 +1,1 @@
+# The compiled frame decoder; see _wire.pyx.
