@@ -26,6 +26,7 @@ cdef enum:
     KIND_RESULT = 3
     KIND_VALUE = 4
 
+cdef object NOT_FAST = object()  # _fast declines the line: the generic path parses it
 cdef int64_t INT32_MIN = -2147483648
 cdef int64_t INT32_MAX = 2147483647
 
@@ -183,8 +184,8 @@ cdef class FrameDecoder:
             raise RemoteProtocolError("empty header line or leading space")
         if count <= MAX_TOKENS:
             event = self._fast(base, count)
-            if event is not None:
-                return event
+            if event is not NOT_FAST:
+                return event  # an event, or None while a body is incomplete
         # the generic path
         try:
             line = PyUnicode_DecodeUTF8(base + pos, line_end - pos, NULL)
@@ -198,7 +199,7 @@ cdef class FrameDecoder:
                                  "value": KIND_VALUE}[kind], length, fields)
 
     cdef object _fast(self, const char* base, Py_ssize_t n):
-        """put, get, result, value and version in C; None hands the line to the generic path."""
+        """put, get, result, value and version in C; NOT_FAST hands the line to the generic path."""
         cdef int64_t checksum
         if self._is(base, 0, b"put", 3):
             if n == 7 and self._lens[5] > 0 and (base[self._starts[5]] == b'-' or
@@ -207,7 +208,7 @@ cdef class FrameDecoder:
             elif n == 6:
                 checksum = -1
             else:
-                return None  # transactional and malformed forms: generic path
+                return NOT_FAST  # transactional and malformed forms
             fields = (self._token_text(base, 1), self._int(base, 2, "partition"),
                       self._int(base, 4, "flag"), checksum, None, self._int(base, n - 1, "opaque"))
             return self._start_body(KIND_PUT, self._int(base, 3, "length"), fields)
@@ -223,7 +224,7 @@ cdef class FrameDecoder:
                                     (self._int(base, 2, "opaque"),))
         if self._is(base, 0, b"version", 7):
             return Version(self._int(base, 1, "opaque") if n > 1 else DEFAULT_OPAQUE)
-        return None
+        return NOT_FAST
 
     cdef object _start_body(self, int kind, length, tuple fields):
         if length < 0:

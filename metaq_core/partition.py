@@ -275,7 +275,7 @@ class PartitionLog:
                 seg = by_start.get(start)
                 if seg is None:
                     size = os.path.getsize(path)
-                    seg = Segment(start=start, path=path, written=size, durable=size)
+                    seg = Segment(start=start, path=path, written=size, durable=0 if path == found[-1][1] else size)
                 segments.append(seg)
             for seg in segments[:-1]:
                 if seg.durable != seg.written or seg is old[-1]:
@@ -473,8 +473,14 @@ class PartitionLog:
             os.ftruncate(tail.fileno(), good_length)
             tail.written = good_length
             tail.durable = min(tail.durable, good_length)
+            # Records acknowledged before the error (threshold mode) stay readable if they can
+            # still be made durable.
+            _segment.datasync(tail.fileno())
+            tail.durable = good_length
+            self._unflushed = 0
         except OSError as cut:
-            log.critical("%s: could not cut %s back to %d bytes: %s", self.name, tail.path, good_length, cut)
+            log.critical("%s: could not cut %s back to %d bytes and sync it: %s",
+                         self.name, tail.path, good_length, cut)
         log.critical("%s: I/O error, the partition is now read-only: %s", self.name, exc)
         with self._cond:
             self._failure = error

@@ -169,6 +169,23 @@ def test_huge_announced_body_is_not_allocated(cls):
     assert small.events() == [Put("t", 0, 0, -1, None, 1, None, 5), Version(2)]
 
 
+@pytest.mark.parametrize("cls", DECODERS)
+@pytest.mark.parametrize("length,max_body", [(40, 10), (300, 10), (40, 1000)])
+def test_body_split_from_its_header_across_receives(cls, length, max_body):
+    # header and the first body bytes arrive in separate receives before any next_event()
+    decoder = cls(max_body=max_body)
+    decoder.receive_data(b"put test 0 %d 0 -1 5\r\n" % length)
+    fed = 0
+    while True:
+        decoder.receive_data(b"q" * 20)
+        fed += 20
+        events = decoder.events()
+        if events:
+            break
+    assert fed == length
+    assert events == [Put("test", 0, 0, -1, None, 5, None if length > max_body else b"q" * length)]
+
+
 def test_encoders_refuse_what_the_wire_cannot_carry():
     with pytest.raises(LocalProtocolError):
         encode(Put("a b", 0, 0, -1, None, 1, b""))

@@ -1,0 +1,440 @@
+"""The broker: a trio TCP server that answers the MetaQ protocol from a ``metaq_core.LogStore``.
+
+``Broker.run()`` listens (``trio.serve_tcp``), runs one task per connection, schedules retention
+and handles signals; ``dispatch`` implements put/get/offset/stats/version/sync/transaction in the
+order protocol §5 gives. The store decides file layouts; this module never builds a path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import random
+import signal
+import time
+
+import trio
+
+from metaq_core import LogStore, record
+from metaq_core.cron import CronExpression
+from metaq_core.errors import ClockBackwardsError, MetaqError
+from metaq_core.naming import validate_topic
+from metaq_core.partition import OffsetOutOfRangeError, PartitionLog
+from metaq_core.retention import RetentionPolicy, apply_policy
+from metaq_core.trio_bridge import TrioSink
+from metaq_core.wire import (
+    LONG_MAX, Get, OffsetRequest, Put, Result, Stats, Sync, Transaction, Value, Version,
+    encode_result, encode_value_header,
+)
+from metaq_server import stats as statsmod
+from metaq_server.config import BrokerConfig
+from metaq_server.connection import Connection
+
+log = logging.getLogger("metaq.server")
+
+PROTOCOL_VERSION = "1.4.4"
+SHUTDOWN_GRACE = 10.0
+
+_CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
+
+
+class _PutReply:
+    """Answers one put when the partition writer delivers it (called on the trio thread)."""
+
+    __slots__ = ("broker", "conn", "opaque", "partition", "topic", "request")
+
+    def __init__(self, broker: Broker, conn: Connection, opaque: int, topic: str, partition: int) -> None:
+        self.broker = broker
+        self.conn = conn
+        self.opaque = opaque
+        self.topic = topic
+        self.partition = partition
+        self.request = None
+
+    def set(self) -> None:
+        request = self.request
+        if request.error is not None:
+            self.broker.put_failed(self.topic, self.partition)
+            log.error("%s-%d: put from %s failed: %s", self.topic, self.partition, self.conn.peer, request.error)
+            self.conn.finish(encode_result(500, "put message failed", self.opaque))
+            return
+        done = request.results[0]
+        self.conn.finish(encode_result(200, f"{done.msg_id} {self.partition} {done.offset}", self.opaque))
+
+
+class Broker:
+    """One MetaQ broker: configuration, store, statistics and the connections it serves."""
+
+    def __init__(self, config: BrokerConfig, *, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        system = config.system
+        self.broker_id = system.broker_id
+        self.port = system.server_port
+        self.host = system.host_name or "127.0.0.1"
+        self.started = time.time()
+        self.counters = statsmod.Counters()
+        self.realtime = statsmod.RealTimeStats(self._stat_enabled)
+        self.connections: set[Connection] = set()
+        self.closed_partitions: set[tuple[str, int]] = set()
+        self.store: LogStore | None = None
+        self.listeners: list[trio.SocketListener] = []
+        self._sink: TrioSink | None = None
+        self._shutdown: trio.Event | None = None
+
+    # ------------------------------------------------------------------------------ config
+
+    def _stat_enabled(self, topic: str) -> bool:
+        topic_config = self.config.topic_config(topic)
+        return bool(topic_config.stat) if topic_config is not None else bool(self.config.system.stat)
+
+    def open_store(self) -> LogStore:
+        config = self.config
+        system = config.system
+        extra = sorted({t.data_path for t in config.topics.values() if t.data_path})
+        self.store = LogStore(
+            system.data_path, broker_id=system.broker_id,
+            load_in_parallel=system.load_message_stores_in_parallel,
+            settings_for=lambda topic: self.config.log_settings(topic), extra_paths=extra,
+            max_transfer_size=system.max_transfer_size, max_segment_size=system.max_segment_size,
+            unflush_threshold=system.unflush_threshold, unflush_interval=system.unflush_interval,
+            num_partitions=system.num_partitions)
+        log.info("broker %d: store %s loaded, %d partition(s)", self.broker_id, system.data_path,
+                 len(self.store.logs()))
+        return self.store
+
+    # ---------------------------------------------------------------------------- serving
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+                  handle_signals: bool = True) -> None:
+        """Serve until SIGTERM/SIGINT (or ``shutdown()``), then shut down gracefully."""
+        self._shutdown = trio.Event()
+        self._sink = None
+        if self.store is None:
+            await trio.to_thread.run_sync(self.open_store)
+        try:
+            async with trio.open_nursery() as nursery:
+                if handle_signals:
+                    nursery.start_soon(self._watch_signals)
+                async with trio.open_nursery() as conn_nursery:
+                    accept_scope = trio.CancelScope()
+
+                    async def accept(*, task_status=trio.TASK_STATUS_IGNORED):
+                        with accept_scope:
+                            await trio.serve_tcp(self._handle, self.port, host=self.host,
+                                                 handler_nursery=conn_nursery, task_status=task_status)
+
+                    self.listeners = await conn_nursery.start(accept)
+                    self.port = self.listeners[0].socket.getsockname()[1]
+                    conn_nursery.start_soon(self._retention_loop)
+                    log.info("broker %d listening on %s:%d", self.broker_id, self.host, self.port)
+                    task_status.started(self)
+                    await self._shutdown.wait()
+                    log.info("broker %d shutting down: no new connections", self.broker_id)
+                    accept_scope.cancel()
+                    for conn in list(self.connections):
+                        conn.stop_reading()
+                    with trio.move_on_after(SHUTDOWN_GRACE):
+                        while self.connections:
+                            await trio.sleep(0.01)
+                    conn_nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                log.info("broker %d: draining and syncing every partition", self.broker_id)
+                await trio.to_thread.run_sync(self.store.close)
+                log.info("broker %d stopped", self.broker_id)
+
+    def shutdown(self) -> None:
+        if self._shutdown is not None:
+            self._shutdown.set()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
+                if self._shutdown.is_set():
+                    log.warning("second signal: exiting at once (recovery will check the logs)")
+                    os._exit(1)
+                log.info("signal %s: shutting down gracefully", signal.Signals(signum).name)
+                self._shutdown.set()
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the topic sections (broker.md §2.7)."""
+        if not self.config_path:
+            log.info("reload requested, but the broker runs without a config file")
+            return
+        try:
+            new_config, changed = await trio.to_thread.run_sync(self.config.reload, self.config_path)
+        except (OSError, ValueError) as exc:
+            log.error("reload failed, keeping the old configuration: %s", exc)
+            return
+        self.config = new_config
+        log.info("configuration reloaded: %d topic section(s) changed", len(changed))
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = Connection(self, stream, max_body=self.config.system.max_transfer_size)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+    # --------------------------------------------------------------------------- dispatch
+
+    async def dispatch(self, conn: Connection, event: object) -> None:
+        kind = type(event)
+        if kind is Put:
+            if event.tx_key is None:
+                await self._put(conn, event)
+            else:
+                self._transactional_put(conn, event)
+        elif kind is Get:
+            self._get(conn, event)
+        elif kind is OffsetRequest:
+            self._offset(conn, event)
+        elif kind is Version:
+            conn.send(encode_result(200, PROTOCOL_VERSION, event.opaque))
+        elif kind is Stats:
+            conn.send(self._stats(event))
+        elif kind is Sync:
+            self.counters.cmd_put += 1
+            conn.send(encode_result(503, "No processor registered for sync: this broker is not a sync slave",
+                                    event.opaque))
+        elif kind is Transaction:
+            self._transaction(conn, event)
+        elif kind is Result or kind is Value:
+            pass  # a stray response: nothing of ours is outstanding on this connection (§2.2)
+
+    def put_failed(self, topic: str, partition: int) -> None:
+        self.counters.put_failed += 1
+        self.realtime.record("put_failed", topic, f"{self.broker_id}-{partition}")
+
+    def _fail_put(self, conn: Connection, event: Put, partition: int, status: int, text: str) -> None:
+        self.put_failed(event.topic, partition)
+        log.info("%s-%d: put from %s refused: %s", event.topic, partition, conn.peer, text)
+        conn.send(encode_result(status, text, event.opaque))
+
+    async def _put(self, conn: Connection, event: Put) -> None:
+        self.counters.cmd_put += 1
+        topic, partition = event.topic, event.partition
+        if (topic, partition) in self.closed_partitions:
+            return self._fail_put(conn, event, partition, 403,
+                                  f"Partition[{self.broker_id}-{partition}] has been closed")
+        try:
+            validate_topic(topic)
+        except MetaqError as exc:
+            return self._fail_put(conn, event, partition, 500, str(exc))
+        topic_config = self.config.topic_config(topic)
+        if topic_config is None:
+            return self._fail_put(conn, event, partition, 500, f"The server do not accept topic {topic}")
+        if partition == -1:
+            partition = random.randrange(topic_config.num_partitions)
+        if not 0 <= partition < topic_config.num_partitions:
+            return self._fail_put(conn, event, partition, 500, f"wrong partition {partition}")
+        data = event.data
+        limit = self.config.system.max_transfer_size
+        if data is None or 20 + len(data) > limit:
+            return self._fail_put(conn, event, partition, 500,
+                                  f"message of {event.length} bytes is too large: a record may be at most "
+                                  f"maxTransferSize={limit} bytes")
+        try:
+            record.check_data(event.flag, data)
+        except MetaqError as exc:
+            return self._fail_put(conn, event, partition, 400, f"Invalid message: {exc}")
+        try:
+            msg_id = self.store.ids.next_id()
+        except ClockBackwardsError as exc:
+            return self._fail_put(conn, event, partition, 500, str(exc))
+        crc = record.checksum(data)
+        if event.checksum != -1 and event.checksum != crc:
+            return self._fail_put(conn, event, partition, 500, _CHECKSUM_FAILURE)
+        plog = self.store.get_partition(topic, partition)
+        if plog is None:
+            try:
+                plog = await trio.to_thread.run_sync(self.store.partition, topic, partition)
+            except (MetaqError, OSError) as exc:
+                return self._fail_put(conn, event, partition, 500, f"put message failed: {exc}")
+        self.realtime.record("put", topic, f"{self.broker_id}-{partition}")
+        self.realtime.record("message_size", topic, "*", len(data))
+        reply = _PutReply(self, conn, event.opaque, topic, partition)
+        try:
+            reply.request = plog.submit([(data, event.flag, msg_id, crc)], self._trio_sink(), reply)
+        except MetaqError as exc:
+            return self._fail_put(conn, event, partition, 500, f"put message failed: {exc}")
+        conn.begin()
+
+    def _trio_sink(self) -> TrioSink:
+        if self._sink is None:
+            self._sink = TrioSink.current()
+        return self._sink
+
+    def _transactional_put(self, conn: Connection, event: Put) -> None:
+        self.counters.cmd_put += 1
+        kind = "XA" if event.tx_key.startswith("XID:") else "Local"
+        self._fail_put(conn, event, event.partition, 500,
+                       f"{kind} transaction '{event.tx_key}' has not been started.")
+
+    def _transaction(self, conn: Connection, event: Transaction) -> None:
+        if event.tx_type == "END":
+            return  # never answered (§5.5.3)
+        if event.tx_type == "BEGIN":
+            self.counters.tx_begin += 1
+            if event.tx_key.startswith("XID:"):
+                self.counters.tx_xa_begin += 1
+        conn.send(encode_result(
+            500, "XAException:code=-3,msg=transactions are not enabled on this broker", event.opaque))
+
+    def _missing(self, topic: str, partition: int) -> str:
+        return f"The topic `{topic}` in partition `{partition}` is not exists"
+
+    def _get(self, conn: Connection, event: Get) -> None:
+        counters = self.counters
+        counters.cmd_get += 1
+        topic, partition, group = event.topic, event.partition, event.group
+        self.realtime.record("get", topic, group)
+        if (topic, partition) in self.closed_partitions:
+            conn.send(encode_result(403, f"Partition[{self.broker_id}-{partition}] has been closed", event.opaque))
+            return
+        plog = self.store.get_partition(topic, partition)
+        if plog is None:
+            self._get_miss(topic, group)
+            conn.send(encode_result(404, self._missing(topic, partition), event.opaque))
+            return
+        if event.max_size <= 0:
+            conn.send(encode_result(400, f"Bad request,invalid max size:{event.max_size}", event.opaque))
+            return
+        try:
+            piece = plog.slice(event.offset, event.max_size)
+        except OffsetOutOfRangeError as exc:
+            offset = event.offset
+            if exc.before_start:
+                self._moved(conn, topic, group, exc.min_offset, event.opaque)
+            elif offset > exc.max_offset and (self.config.system.update_consumer_offsets or offset == LONG_MAX):
+                self._moved(conn, topic, group, exc.max_offset, event.opaque)
+            else:
+                self._get_miss(topic, group)
+                conn.send(encode_result(404, f"Could not find message at position {offset}", event.opaque))
+            return
+        except MetaqError as exc:
+            counters.get_failed += 1
+            conn.send(encode_result(500, str(exc), event.opaque))
+            return
+        conn.send_slice(encode_value_header(piece.length, event.opaque), piece)
+
+    def _get_miss(self, topic: str, group: str) -> None:
+        self.counters.get_miss += 1
+        self.realtime.record("get_miss", topic, group)
+
+    def _moved(self, conn: Connection, topic: str, group: str, offset: int, opaque: int) -> None:
+        self.counters.cmd_offset += 1
+        self.realtime.record("offset", topic, group)
+        conn.send(encode_result(301, str(offset), opaque))
+
+    def _offset(self, conn: Connection, event: OffsetRequest) -> None:
+        self.counters.cmd_offset += 1
+        self.realtime.record("offset", event.topic, event.group)
+        plog = self.store.get_partition(event.topic, event.partition)
+        if plog is None:
+            conn.send(encode_result(404, self._missing(event.topic, event.partition), event.opaque))
+            return
+        conn.send(encode_result(200, str(plog.nearest_offset(event.offset)), event.opaque))
+
+    # ------------------------------------------------------------------------------ stats
+
+    def topic_infos(self) -> list[statsmod.TopicInfo]:
+        by_topic: dict[str, list[PartitionLog]] = {}
+        for plog in self.store.logs():
+            by_topic.setdefault(plog.topic, []).append(plog)
+        infos = []
+        for topic, logs in by_topic.items():
+            cfg = self.config.topic_config(topic)
+            per = [p.statistics() for p in logs]
+            infos.append(statsmod.TopicInfo(
+                topic, len(logs), sum(s.message_count for s in per), sum(s.size_bytes for s in per),
+                cfg.accept_publish if cfg else self.config.system.accept_publish,
+                cfg.accept_subscribe if cfg else self.config.system.accept_subscribe,
+                cfg is not None, True))
+        for name in self.config.topics:
+            if name not in by_topic and "*" not in name:
+                cfg = self.config.topics[name]
+                infos.append(statsmod.TopicInfo(name, 0, 0, 0, cfg.accept_publish, cfg.accept_subscribe,
+                                                True, False))
+        return infos
+
+    def _stats(self, event: Stats) -> bytes:
+        item = event.item
+        if item == "config":
+            return self._stats_config(event.opaque)
+        if item == "":
+            infos = self.topic_infos()
+            lines = statsmod.summary_lines(
+                broker_id=self.broker_id, port=self.port, started=self.started, version=PROTOCOL_VERSION,
+                slave=False, connections=len(self.connections), counters=self.counters,
+                total_messages=sum(i.message_count for i in infos), topics=len(infos),
+                config_checksum=self.config.config_checksum)
+        elif item == "topics":
+            lines = statsmod.topics_lines(self.topic_infos())
+        elif item == "offsets":
+            lines = statsmod.offsets_lines(
+                (p.topic, p.partition, p.min_offset, p.max_offset) for p in self.store.logs())
+        elif item == "realtime":
+            lines = statsmod.realtime_lines(self.realtime)
+        elif item == "reset":
+            self.realtime.reset()
+            lines = ["reset ok"]
+        elif item == "help":
+            lines = list(statsmod.HELP_LINES)
+        else:
+            info = next((i for i in self.topic_infos() if i.name == item), None)
+            if info is None and self.config.topic_config(item) is not None:
+                info = statsmod.TopicInfo(item, 0, 0, 0, True, True, True, False)
+            lines = statsmod.topic_lines(item, info, self.realtime)
+        return encode_result(200, statsmod.stats_body(lines), event.opaque)
+
+    def _stats_config(self, opaque: int) -> bytes:
+        path = self.config_path
+        if path is None:
+            return encode_result(200, self.config.text.encode("utf-8"), opaque)
+        try:
+            with open(path, "rb") as fh:
+                return encode_result(200, fh.read(), opaque)
+        except FileNotFoundError:
+            return encode_result(500, f"Config file not found:{path}", opaque)
+        except OSError as exc:
+            return encode_result(500, f"Read config file error:{exc}", opaque)
+
+    # -------------------------------------------------------------------------- retention
+
+    async def _retention_loop(self) -> None:
+        """Run each topic's delete policy on its ``deleteWhen`` schedule (broker.md §1.11)."""
+        while True:
+            now = time.time()
+            schedule: dict[str, float] = {}
+            for plog in self.store.logs():
+                when = self.config.topic_setting(plog.topic, "delete_when")
+                if when not in schedule:
+                    fire = CronExpression.parse(when).next_fire_time(_local(now))
+                    schedule[when] = fire.timestamp() if fire else float("inf")
+            wake = min(schedule.values(), default=now + 60.0)
+            await trio.sleep(max(0.0, min(wake, now + 60.0) - time.time()))
+            due = {when for when, at in schedule.items() if at <= time.time()}
+            if due:
+                await trio.to_thread.run_sync(self.run_retention, due)
+
+    def run_retention(self, due: set[str] | None = None) -> int:
+        removed = 0
+        for plog in self.store.logs():
+            if due is not None and self.config.topic_setting(plog.topic, "delete_when") not in due:
+                continue
+            policy = RetentionPolicy.parse(self.config.topic_setting(plog.topic, "delete_policy"))
+            removed += len(apply_policy(plog, policy))
+        return removed
+
+
+def _local(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp)
+

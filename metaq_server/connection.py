@@ -1,0 +1,173 @@
+"""One client connection: read frames, dispatch them, write responses (protocol §2.7, §2.8).
+
+The reader decodes every complete frame of each receive and dispatches it at once, so puts reach
+their partition's writer in request order; their answers come back from the writer thread in one
+batch per group commit and are queued here. One writer task sends queued responses with one
+``send_all`` per batch, and ``get`` data straight from the segment file with ``os.sendfile``.
+This module moves bytes; what a command means is the broker's business.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+
+import trio
+
+from metaq_core.partition import Slice
+from metaq_core.wire import FrameDecoder, Quit, RemoteProtocolError
+
+log = logging.getLogger("metaq.server")
+
+IDLE_TIMEOUT = 300.0
+MAX_INFLIGHT = 8192
+RECEIVE_SIZE = 256 * 1024
+
+
+class Connection:
+    """State of one TCP connection. ``broker.dispatch(conn, event)`` handles each frame."""
+
+    def __init__(self, broker, stream: trio.SocketStream, *, max_body: int,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.broker = broker
+        self.stream = stream
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "?"
+        self.decoder = FrameDecoder(max_body=max_body)
+        self.idle_timeout = idle_timeout
+        self.inflight = 0
+        self._out: collections.deque[bytes | Slice] = collections.deque()
+        self._wake_writer = trio.Event()
+        self._progress = trio.Event()
+        self._reader_scope: trio.CancelScope | None = None
+        self._last_io = trio.current_time()
+        self.closed = False
+
+    # ----------------------------------------------------------------- responses (trio thread)
+
+    def send(self, data: bytes) -> None:
+        """Queue response bytes (any order relative to other responses is allowed, §2.7)."""
+        self._out.append(data)
+        self._wake_writer.set()
+
+    def send_slice(self, header: bytes, piece: Slice) -> None:
+        self._out.append(header)
+        self._out.append(piece)
+        self._wake_writer.set()
+
+    def begin(self) -> None:
+        """A request whose answer will come later (a put waiting for its group commit)."""
+        self.inflight += 1
+
+    def finish(self, data: bytes) -> None:
+        self.inflight -= 1
+        self.send(data)
+        self._progress.set()
+
+    # ---------------------------------------------------------------------------- the tasks
+
+    async def run(self) -> None:
+        log.debug("connection from %s", self.peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                try:
+                    await self._read_loop()
+                    await self._drain()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
+            log.debug("%s: connection lost: %s", self.peer, exc)
+        finally:
+            self.closed = True
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+            log.debug("connection from %s closed", self.peer)
+
+    def stop_reading(self) -> None:
+        """Graceful shutdown: read no further requests; answer those already read."""
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+
+    async def _read_loop(self) -> None:
+        with trio.CancelScope() as self._reader_scope:
+            while True:
+                while self.inflight >= MAX_INFLIGHT:  # the client does not read its answers
+                    self._progress = trio.Event()
+                    await self._progress.wait()
+                with trio.move_on_after(self.idle_timeout) as idle:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                if idle.cancelled_caught:
+                    if trio.current_time() - self._last_io >= self.idle_timeout:
+                        log.info("%s: idle for %.0f s, closing", self.peer, self.idle_timeout)
+                        return
+                    continue
+                if not data:
+                    return
+                self._last_io = trio.current_time()
+                self.decoder.receive_data(data)
+                try:
+                    while True:
+                        event = self.decoder.next_event()
+                        if event is None:
+                            break
+                        if type(event) is Quit:
+                            return
+                        await self.broker.dispatch(self, event)
+                except RemoteProtocolError as exc:
+                    log.info("%s: protocol error, closing: %s", self.peer, exc)
+                    return
+
+    async def _drain(self) -> None:
+        """Wait until every request read so far is answered and sent (quit, §2.7)."""
+        while self.inflight or self._out:
+            self._progress = trio.Event()
+            if not self.inflight and self._out:
+                self._wake_writer.set()
+            await self._progress.wait()
+
+    async def _writer(self) -> None:
+        out = self._out
+        while True:
+            if not out:
+                self._wake_writer = trio.Event()
+                self._progress.set()
+                await self._wake_writer.wait()
+                continue
+            chunks = []
+            while out and type(out[0]) is bytes:
+                chunks.append(out.popleft())
+            if chunks:
+                await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if out and type(out[0]) is Slice:
+                await self._send_file(out.popleft())
+            self._last_io = trio.current_time()
+
+    async def _send_file(self, piece: Slice) -> None:
+        sock = self.stream.socket
+        offset, left = piece.position, piece.length
+        try:
+            fd = piece.fileno()
+        except OSError:
+            fd = -1
+        while left > 0:
+            try:
+                sent = os.sendfile(sock.fileno(), fd, offset, left)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EBADF):
+                    # No sendfile for this pair: read and send instead.
+                    await self.stream.send_all(piece.segment.read(offset, left))
+                    return
+                raise
+            if sent == 0:  # the file is shorter than the slice: it was truncated under us
+                raise trio.BrokenResourceError("segment file shorter than the slice")
+            offset += sent
+            left -= sent
