@@ -29,7 +29,7 @@ from metaq_core.wire import (
 )
 from metaq_server import stats as statsmod
 from metaq_server.config import BrokerConfig
-from metaq_server.connection import Connection
+from metaq_server.connection import IDLE_TIMEOUT, Connection
 
 log = logging.getLogger("metaq.server")
 
@@ -79,6 +79,7 @@ class Broker:
         self.connections: set[Connection] = set()
         self.closed_partitions: set[tuple[str, int]] = set()
         self.store: LogStore | None = None
+        self.idle_timeout = IDLE_TIMEOUT
         self.listeners: list[trio.SocketListener] = []
         self._sink: TrioSink | None = None
         self._shutdown: trio.Event | None = None
@@ -176,7 +177,8 @@ class Broker:
         log.info("configuration reloaded: %d topic section(s) changed", len(changed))
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        conn = Connection(self, stream, max_body=self.config.system.max_transfer_size)
+        conn = Connection(self, stream, max_body=self.config.system.max_transfer_size,
+                          idle_timeout=self.idle_timeout)
         self.connections.add(conn)
         try:
             await conn.run()
@@ -410,7 +412,10 @@ class Broker:
     # -------------------------------------------------------------------------- retention
 
     async def _retention_loop(self) -> None:
-        """Run each topic's delete policy on its ``deleteWhen`` schedule (broker.md §1.11)."""
+        """Run each topic's delete policy on its ``deleteWhen`` schedule (broker.md §1.11).
+
+        The plan is recomputed at least every second, so topics created since (and reloads) are
+        picked up; a fire time is never skipped because the next one is always after "now"."""
         while True:
             now = time.time()
             schedule: dict[str, float] = {}
@@ -419,11 +424,12 @@ class Broker:
                 if when not in schedule:
                     fire = CronExpression.parse(when).next_fire_time(_local(now))
                     schedule[when] = fire.timestamp() if fire else float("inf")
-            wake = min(schedule.values(), default=now + 60.0)
-            await trio.sleep(max(0.0, min(wake, now + 60.0) - time.time()))
+            wake = min(min(schedule.values(), default=now + 1.0), now + 1.0)
+            await trio.sleep(max(0.0, wake - time.time()))
             due = {when for when, at in schedule.items() if at <= time.time()}
             if due:
-                await trio.to_thread.run_sync(self.run_retention, due)
+                removed = await trio.to_thread.run_sync(self.run_retention, due)
+                log.info("retention run for %s: %d segment(s) removed", sorted(due), removed)
 
     def run_retention(self, due: set[str] | None = None) -> int:
         removed = 0

@@ -136,6 +136,7 @@ async def test_put_errors(broker, client, tmp_path):
         (Put("test", 0, 1, -1, None, 7, b"\x00\x01"), 400, None),
         (Put("test", 0, 0, -1, None, 8, b"x" * (1024 * 1024 - 19)), 500, None),
         (Put("logs-../../etc", 0, 0, -1, None, 9, b"x"), 500, None),
+        (Put("logs-" + "x" * 300, 0, 0, -1, None, 10, b"x"), 500, None),
     ]
     for request, status, text in cases:
         result = await client.call(request)
@@ -146,7 +147,7 @@ async def test_put_errors(broker, client, tmp_path):
         else:
             assert result.body
     # the largest record that fits is accepted: 20 + data == maxTransferSize
-    ok = await client.call(Put("test", 0, 0, -1, None, 10, b"y" * (1024 * 1024 - 20)))
+    ok = await client.call(Put("test", 0, 0, -1, None, 11, b"y" * (1024 * 1024 - 20)))
     assert ok.status == 200
     # nothing refused reached the disk
     data = tmp_path / "data"
@@ -398,3 +399,79 @@ async def test_client_vanishing_mid_body_writes_nothing(broker, tmp_path):
     assert (await good.call(Put("test", 0, 0, -1, None, 1, b"x"))).status == 200
     value = await good.call(Get("test", "g", 0, 0, 1 << 20, 2))
     assert len(value.data) == 21
+
+
+# ------------------------------------------------------------------ idle, reload, retention
+
+
+async def test_idle_connections_are_closed(broker):
+    broker.idle_timeout = 0.3
+    idle = await RawClient.connect(broker.port)
+    busy = await RawClient.connect(broker.port)
+    with trio.fail_after(5):
+        for _ in range(8):
+            await trio.sleep(0.1)
+            assert (await busy.call(Version(1))).status == 200
+        assert await idle.closed_by_peer()
+    assert (await busy.call(Version(2))).status == 200
+
+
+async def test_reload_adds_topic_sections(tmp_path, nursery):
+    from server_util import TEST_INI
+    from metaq_server.config import BrokerConfig
+    path = tmp_path / "server.ini"
+    path.write_text(TEST_INI)
+    config = BrokerConfig.load(str(path)).with_system(data_path=str(tmp_path / "d"), server_port=0,
+                                                      host_name="127.0.0.1")
+    broker = await start_broker(nursery, config, config_path=str(path))
+    client = await RawClient.connect(broker.port)
+    assert (await client.call(Put("fresh", 0, 0, -1, None, 1, b"x"))).status == 500
+    path.write_text(TEST_INI + "\n[topic=fresh]\nnumPartitions=2\n")
+    await broker.reload()
+    assert (await client.call(Put("fresh", 1, 0, -1, None, 2, b"x"))).status == 200
+    # [system] and the listening port are kept; patterns accepted before stay accepted
+    assert (await client.call(Put("logs-x", 0, 0, -1, None, 3, b"x"))).status == 200
+    broker.shutdown()
+
+
+async def test_retention_runs_the_topic_policy(tmp_path, nursery):
+    import time as _time
+    text = TEST_INI_RETENTION
+    broker = await start_broker(nursery, make_config(str(tmp_path / "d"), text))
+    client = await RawClient.connect(broker.port)
+    for i in range(40):
+        assert (await client.call(Put("test", 0, 0, -1, None, i, b"r" * 80))).status == 200
+    plog = broker.store.get_partition("test", 0)
+    await trio.to_thread.run_sync(plog.flush)  # the writer has finished its rolls
+    segments = plog.segments()
+    assert len(segments) > 3
+    old = _time.time() - 3 * 3600
+    for seg in segments:
+        os.utime(seg.path, (old, old))
+    # deleteWhen fires every second: the scheduled run removes every segment but the newest
+    with trio.fail_after(10):
+        while plog.min_offset != segments[-1].start:
+            await trio.sleep(0.1)
+    assert [os.path.basename(s.path) for s in plog.segments()] == [os.path.basename(segments[-1].path)]
+    result = await client.call(Get("test", "g", 0, 0, 1000, 99))
+    assert result == Result(301, b"%d" % segments[-1].start, 99)
+    broker.shutdown()
+
+
+TEST_INI_RETENTION = """\
+[system]
+brokerId=1
+numPartitions=1
+unflushThreshold=0
+unflushInterval=10000
+maxSegmentSize=500
+maxTransferSize=1024*1024
+deletePolicy=delete,2h
+
+[zookeeper]
+zk.zkEnable=false
+zk.zkConnect=localhost:2181
+
+[topic=test]
+deleteWhen=* * * * * ?
+"""
