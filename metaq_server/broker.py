@@ -182,6 +182,8 @@ class Broker:
         self.connections.add(conn)
         try:
             await conn.run()
+        except* Exception:  # a bug in one connection must not take the broker down
+            log.exception("%s: connection failed", conn.peer)
         finally:
             self.connections.discard(conn)
 

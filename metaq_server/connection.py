@@ -81,8 +81,8 @@ class Connection:
                     await self._drain()
                 finally:
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
-            log.debug("%s: connection lost: %s", self.peer, exc)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as lost:
+            log.debug("%s: connection lost: %s", self.peer, lost.exceptions[0])
         finally:
             self.closed = True
             with trio.CancelScope(shield=True):

@@ -475,3 +475,20 @@ zk.zkConnect=localhost:2181
 [topic=test]
 deleteWhen=* * * * * ?
 """
+
+
+async def test_client_vanishing_while_answers_are_sent(broker):
+    for _ in range(5):
+        client = await RawClient.connect(broker.port)
+        await client.send(b"".join(encode(Get("test", "g", 0, 0, 1 << 20, i)) for i in range(200))
+                          + b"".join(encode(Put("test", 0, 0, -1, None, i, b"v" * 1000)) for i in range(200)))
+        client.stream.socket.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER,
+                                        __import__("struct").pack("ii", 1, 0))  # close with RST
+        await client.aclose()
+    await trio.sleep(0.5)
+    good = await RawClient.connect(broker.port)
+    assert (await good.call(Version(1))).status == 200
+    value = await good.call(Get("test", "g", 0, 0, 1 << 20, 2))
+    from metaq_core import record
+    records, _end, status = record.decode(value.data)
+    assert status in (record.CLEAN, record.PARTIAL) and all(r[3] == b"v" * 1000 for r in records)
