@@ -18,6 +18,7 @@ of trio or of message ids: callers hand it finished record fields and a completi
 
 from __future__ import annotations
 
+import _thread
 import bisect
 import collections
 import logging
@@ -131,20 +132,30 @@ class Sink:
 
 
 class ThreadSink(Sink):
-    """Completion for blocking callers: each request carries a threading.Event."""
+    """Completion for blocking callers: each request's waiter is a lock held until it is answered
+    (the cheapest one-shot latch CPython has)."""
 
     def deliver(self, requests: list[AppendRequest]) -> None:
         for request in requests:
-            request.waiter.set()
+            request.waiter.release()
 
 
 THREAD_SINK = ThreadSink()
 
 
-class AppendRequest:
-    """One append call: one or more records written contiguously, answered together."""
+def new_latch() -> _thread.LockType:
+    latch = _thread.allocate_lock()
+    latch.acquire()
+    return latch
 
-    __slots__ = ("items", "size", "sink", "waiter", "results", "error", "flush")
+
+class AppendRequest:
+    """One append call: one or more records written contiguously, answered together.
+
+    ``offset`` is where its first record landed (-1 until written); ``error`` is set instead when
+    the append failed."""
+
+    __slots__ = ("items", "size", "sink", "waiter", "offset", "error", "flush")
 
     def __init__(self, items: list[tuple[bytes, int, int, int]], size: int, sink: Sink | None,
                  waiter: object, flush: bool = False) -> None:
@@ -152,15 +163,24 @@ class AppendRequest:
         self.size = size
         self.sink = sink
         self.waiter = waiter
-        self.results: list[Appended] | None = None
+        self.offset = -1
         self.error: BaseException | None = None
         self.flush = flush
 
     def outcome(self) -> list[Appended]:
+        """Where each record landed; raises the append's error if it failed."""
         if self.error is not None:
             raise self.error
-        assert self.results is not None
-        return self.results
+        return _placed(self.items, self.offset)
+
+
+def _placed(items: list[tuple[bytes, int, int, int]], position: int) -> list[Appended]:
+    out = []
+    for data, _flag, msg_id, _crc in items:
+        size = 20 + len(data)
+        out.append(Appended(position, msg_id, size))
+        position += size
+    return out
 
 
 class PartitionLog:
@@ -175,7 +195,8 @@ class PartitionLog:
         self.read_only = read_only
         self.group_commit = settings.group_commit
         self._view: tuple[list[int], list[Segment]] = ([], [])
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = threading.Condition(threading.Lock())  # guards the queue and the writer thread
+        self._write_lock = threading.Lock()  # guards the files and the segment list
         self._queue: collections.deque[AppendRequest] = collections.deque()
         self._writer: threading.Thread | None = None
         self._closing = False
@@ -264,7 +285,7 @@ class PartitionLog:
         """Read-only view: pick up segments and records the writing process made since."""
         if not self.read_only:
             return
-        with self._cond:
+        with self._write_lock:
             _starts, old = self._view
             by_start = {s.start: s for s in old}
             found = self._list_segments()
@@ -289,14 +310,7 @@ class PartitionLog:
 
     # ----------------------------------------------------------------------------- appends
 
-    def submit(self, items: list[tuple[bytes, int, int, int]], sink: Sink | None, waiter: object,
-               *, flush: bool = False) -> AppendRequest:
-        """Queue records (data, flag, msg_id, checksum or -1) as one append; returns the request.
-
-        The sink's ``deliver`` is called from the writer thread once the request is answered (for
-        group commit: once it is durable). Raises at once, touching nothing, if the log is closed,
-        read-only or a record is larger than ``max_transfer_size``.
-        """
+    def _measure(self, items: list[tuple[bytes, int, int, int]]) -> int:
         limit = self.settings.max_transfer_size
         size = 0
         for data, _flag, _msg_id, _crc in items:
@@ -305,17 +319,30 @@ class PartitionLog:
                 raise MessageTooLargeError(
                     f"record of {n} bytes is larger than maxTransferSize {limit}")
             size += n
-        request = AppendRequest(items, size, sink, waiter, flush)
+        return size
+
+    def submit(self, items: list[tuple[bytes, int, int, int]], sink: Sink | None, waiter: object,
+               *, flush: bool = False) -> AppendRequest:
+        """Queue records (data, flag, msg_id, checksum or -1) as one append; returns the request.
+
+        The sink's ``deliver`` is called from the writer thread once the request is answered (for
+        group commit: once it is durable). Raises at once, touching nothing, if the log is closed,
+        read-only or a record is larger than ``max_transfer_size``.
+        """
+        request = AppendRequest(items, self._measure(items), sink, waiter, flush)
         with self._cond:
             self._check_writable()
             self._queue.append(request)
             if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._writer_main, name=f"metaq-writer-{self.name}", daemon=True)
-                self._writer.start()
+                self._start_writer()
             elif len(self._queue) == 1:
                 self._cond.notify()
         return request
+
+    def _start_writer(self) -> None:  # called with self._cond held
+        self._writer = threading.Thread(target=self._writer_main, name=f"metaq-writer-{self.name}",
+                                        daemon=True)
+        self._writer.start()
 
     def _check_writable(self) -> None:
         if self._closing or self._closed:
@@ -327,20 +354,54 @@ class PartitionLog:
                 f"{self.name}: the partition is read-only after an I/O error ({self._failure})")
 
     def append_many(self, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
-        """Append records and block until they are answered under the flush policy."""
-        request = self.submit(items, THREAD_SINK, threading.Event())
-        request.waiter.wait()
+        """Append records and block until they are answered under the flush policy.
+
+        Group commit: the writer thread batches this with concurrent appends and answers after
+        fdatasync. Threshold mode: the records are written here, in the caller's thread, under the
+        write lock (no hand-off; the fsync, when one is due, also runs here, as in Java)."""
+        if not self.group_commit:
+            return self._append_here(items)
+        latch = new_latch()
+        request = self.submit(items, THREAD_SINK, latch)
+        latch.acquire()
         return request.outcome()
 
     def append(self, data: bytes, *, flag: int = 0, msg_id: int = 0, checksum: int = -1) -> Appended:
         return self.append_many([(data, flag, msg_id, checksum)])[0]
 
+    def _append_here(self, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
+        size = self._measure(items)
+        with self._write_lock:
+            self._check_writable()
+            tail = self._view[1][-1]
+            before = tail.written
+            try:
+                _segment.append_records(tail.fileno(), items)
+                tail.written = before + size
+                self._unflushed += 1
+                if self._threshold_reached():
+                    self._sync(tail)
+            except OSError as exc:
+                self._fail_io(tail, before, exc, [])
+                raise self._failure from exc
+            self._count(1, len(items), size, 1)
+            if tail.written >= self.settings.max_segment_size:
+                self._roll_or_fail(tail)
+            first = self._unflushed == 1
+        if first or self._writer is None:
+            with self._cond:  # let the periodic flusher time this write
+                if self._writer is None:
+                    self._start_writer()
+                self._cond.notify()
+        return _placed(items, tail.start + before)
+
     def flush(self) -> None:
         """Block until everything appended before this call is durable (fdatasync)."""
         if self.read_only:
             return
-        request = self.submit([], THREAD_SINK, threading.Event(), flush=True)
-        request.waiter.wait()
+        latch = new_latch()
+        request = self.submit([], THREAD_SINK, latch, flush=True)
+        latch.acquire()
         request.outcome()
 
     # ------------------------------------------------------------------------ writer thread
@@ -382,13 +443,14 @@ class PartitionLog:
         self._periodic_flush()
 
     def _periodic_flush(self) -> None:
-        if self._failure is not None or self._unflushed == 0:
-            return
-        tail = self._view[1][-1]
-        try:
-            self._sync(tail)
-        except OSError as exc:
-            self._fail_io(tail, tail.written, exc, [])
+        with self._write_lock:
+            if self._failure is not None or self._unflushed == 0:
+                return
+            tail = self._view[1][-1]
+            try:
+                self._sync(tail)
+            except OSError as exc:
+                self._fail_io(tail, tail.written, exc, [])
 
     def _sync(self, tail: Segment) -> None:
         _segment.datasync(tail.fileno())
@@ -397,49 +459,49 @@ class PartitionLog:
         self._unflushed = 0
         self._last_flush = time.monotonic()
 
-    def _write_batch(self, batch: list[AppendRequest]) -> None:
-        if self._failure is not None:
-            self._answer(batch, self._failure)
-            return
-        tail = self._view[1][-1]
-        before = tail.written
-        items = [item for request in batch for item in request.items]
-        try:
-            sizes = _segment.append_records(tail.fileno(), items) if items else []
-            written = sum(sizes)
-            tail.written = before + written
-            appends = sum(1 for r in batch if r.items)
-            self._unflushed += appends
-            force = any(r.flush for r in batch)
-            if self.group_commit or force or self._threshold_reached():
-                self._sync(tail)
-        except OSError as exc:
-            self._fail_io(tail, before, exc, batch)
-            return
-        position = tail.start + before
-        index = 0
-        for request in batch:
-            results = []
-            for data, _flag, msg_id, _crc in request.items:
-                size = sizes[index]
-                results.append(Appended(position, msg_id, size))
-                position += size
-                index += 1
-            request.results = results
+    def _count(self, appends: int, records: int, size: int, batch: int) -> None:
         counters = self._counters
         counters["appends"] += appends
-        counters["records"] += len(items)
-        counters["bytes"] += written
+        counters["records"] += records
+        counters["bytes"] += size
         counters["batches"] += 1
-        if len(batch) > counters["max_batch"]:
-            counters["max_batch"] = len(batch)
-        self._message_count += len(items)
-        self._answer(batch, None)
-        if tail.written >= self.settings.max_segment_size:
+        if batch > counters["max_batch"]:
+            counters["max_batch"] = batch
+        self._message_count += records
+
+    def _write_batch(self, batch: list[AppendRequest]) -> None:
+        with self._write_lock:
+            if self._failure is not None:
+                self._answer(batch, self._failure)
+                return
+            tail = self._view[1][-1]
+            before = tail.written
+            items = [item for request in batch for item in request.items]
+            appends = sum(1 for r in batch if r.items)
             try:
-                self._roll(tail)
+                if items:
+                    _segment.append_records(tail.fileno(), items)
+                position = tail.start + before
+                for request in batch:
+                    request.offset = position
+                    position += request.size
+                tail.written = position - tail.start
+                self._unflushed += appends
+                if self.group_commit or self._threshold_reached() or any(r.flush for r in batch):
+                    self._sync(tail)
             except OSError as exc:
-                self._fail_io(tail, tail.written, exc, [])
+                self._fail_io(tail, before, exc, batch)
+                return
+            self._count(appends, len(items), tail.written - before, len(batch))
+            self._answer(batch, None)
+            if tail.written >= self.settings.max_segment_size:
+                self._roll_or_fail(tail)
+
+    def _roll_or_fail(self, tail: Segment) -> None:
+        try:
+            self._roll(tail)
+        except OSError as exc:
+            self._fail_io(tail, tail.written, exc, [])
 
     def _threshold_reached(self) -> bool:
         if self._unflushed > self.settings.unflush_threshold:
@@ -448,10 +510,18 @@ class PartitionLog:
         return interval > 0 and time.monotonic() - self._last_flush >= interval / 1000.0
 
     def _answer(self, batch: list[AppendRequest], error: BaseException | None) -> None:
+        if error is not None:
+            for request in batch:
+                request.error = error
+        sink = batch[0].sink if batch else None
+        if sink is not None and all(r.sink is sink for r in batch):  # the usual case: one sink
+            try:
+                sink.deliver(batch)
+            except Exception:
+                log.exception("%s: delivering append results failed", self.name)
+            return
         by_sink: dict[int, tuple[Sink, list[AppendRequest]]] = {}
         for request in batch:
-            if error is not None:
-                request.error = error
             if request.sink is not None:
                 entry = by_sink.get(id(request.sink))
                 if entry is None:
@@ -576,7 +646,7 @@ class PartitionLog:
     def remove_oldest(self, count: int) -> list[Segment]:
         """Drop the ``count`` oldest read-only segments from the list (never the newest) and
         return them; their files are the caller's to delete or archive."""
-        with self._cond:
+        with self._write_lock:
             _starts, segments = self._view
             count = min(count, len(segments) - 1)
             if count <= 0:
@@ -599,7 +669,9 @@ class PartitionLog:
             self._cond.notify_all()
         if writer is not None:
             writer.join()
-        with self._cond:
+        with self._write_lock:
+            if self._unflushed and self._failure is None:
+                self._sync(self._view[1][-1])
             self._closed = True
             segments = self._view[1] + self._retired
         for seg in segments:

@@ -268,10 +268,16 @@ class LogStore:
     async def append_async(self, topic: str, partition: int, body: bytes, *,
                            attribute: str | None = None) -> Appended:
         """Trio flavour of ``append``: the event loop never blocks on the disk."""
-        return (await self.append_many_async(topic, partition, [body], attribute=attribute))[0]
+        from metaq_core.trio_bridge import submit_async
+        plog = self._logs.get((topic, partition))
+        if plog is None or self._closed:
+            plog = await self._partition_async(topic, partition)
+        flag, data = record.make_data(body, attribute)
+        return (await submit_async(plog, [(data, flag, self.ids.next_id(), -1)]))[0]
 
     async def append_many_async(self, topic: str, partition: int, bodies: Iterable[bytes], *,
                                 attribute: str | None = None) -> list[Appended]:
+        from metaq_core.trio_bridge import submit_async
         plog = await self._partition_async(topic, partition)
         return await submit_async(plog, self._items(bodies, attribute))
 
@@ -392,13 +398,6 @@ class LogStore:
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "writable"
         return f"<LogStore {self.path!r} {mode} partitions={len(self._logs)}>"
-
-
-async def submit_async(plog: PartitionLog, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
-    """Append to ``plog`` from trio: one thread crossing per writer round, not per message."""
-    from metaq_core.trio_bridge import TrioSink, new_waiter, wait_request
-    request = plog.submit(items, TrioSink.current(), new_waiter())
-    return await wait_request(request)  # type: ignore[return-value]
 
 
 def _check_settings(settings: LogSettings) -> None:

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
-from metaq_core.partition import AppendRequest, Sink
+from metaq_core.partition import Appended, AppendRequest, PartitionLog, Sink
 
 T = TypeVar("T")
 
@@ -19,12 +20,23 @@ _SINK: trio.lowlevel.RunVar[TrioSink] = trio.lowlevel.RunVar("metaq_core_sink")
 
 
 def _wake(requests: list[AppendRequest]) -> None:
+    """On the trio thread: resume each waiting task, or call ``set()`` on a callback waiter."""
     for request in requests:
-        request.waiter.set()
+        waiter = request.waiter
+        if waiter is None:
+            continue  # its task was cancelled meanwhile
+        request.waiter = None
+        if type(waiter) is Task:
+            reschedule(waiter)
+        else:
+            waiter.set()
 
 
 class TrioSink(Sink):
-    """Delivers a writer round's results to one trio run with a single ``run_sync_soon``."""
+    """Delivers a writer round's results to one trio run with a single ``run_sync_soon``.
+
+    A request's waiter is either the trio Task that waits for it, or any object whose ``set()``
+    is then called on the trio thread (the broker answers puts this way, with no task per put)."""
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
@@ -45,19 +57,21 @@ class TrioSink(Sink):
             return sink
 
 
-async def wait_request(request: AppendRequest) -> object:
-    """Wait for an append submitted with ``TrioSink.current()`` and a ``trio.Event`` waiter.
+async def submit_async(plog: PartitionLog, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
+    """Append to ``plog`` from trio and wait for the answer (durable, in group-commit mode).
 
     Cancelling the wait does not withdraw the append: the records may still be written.
     """
-    await request.waiter.wait()
+    request = plog.submit(items, TrioSink.current(), current_task())
+
+    def abort(_raise_cancel: object) -> Abort:
+        request.waiter = None
+        return Abort.SUCCEEDED
+
+    await wait_task_rescheduled(abort)
     return request.outcome()
 
 
 async def run_blocking(fn: Callable[..., T], *args: object) -> T:
     """Run a blocking engine call (file reads, opening, closing) in a worker thread."""
     return await trio.to_thread.run_sync(fn, *args)
-
-
-def new_waiter() -> trio.Event:
-    return trio.Event()

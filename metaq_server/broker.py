@@ -59,8 +59,8 @@ class _PutReply:
             log.error("%s-%d: put from %s failed: %s", self.topic, self.partition, self.conn.peer, request.error)
             self.conn.finish(encode_result(500, "put message failed", self.opaque))
             return
-        done = request.results[0]
-        self.conn.finish(encode_result(200, f"{done.msg_id} {self.partition} {done.offset}", self.opaque))
+        self.conn.finish(encode_result(200, f"{request.items[0][2]} {self.partition} {request.offset}",
+                                       self.opaque))
 
 
 class Broker:
