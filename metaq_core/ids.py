@@ -39,7 +39,7 @@ class IdWorker:
 
     def next_id(self) -> int:
         with self._lock:
-            now = self._clock()
+            now = self._clock() if self._clock is not _wall_ms else time.time_ns() // 1_000_000
             if now < self._last_ms:
                 raise ClockBackwardsError(
                     f"clock moved backwards by {self._last_ms - now} ms; refusing to issue message ids")

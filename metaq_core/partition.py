@@ -25,6 +25,8 @@ import logging
 import os
 import threading
 import time
+from typing import NamedTuple
+
 import attrs
 
 from metaq_core import _segment, record
@@ -96,9 +98,10 @@ class Slice:
         return self.segment.read(self.position, self.length)
 
 
-@attrs.frozen
-class Appended:
-    """Where one appended record landed: its offset (first byte), message id and record size."""
+class Appended(NamedTuple):
+    """Where one appended record landed: its offset (first byte), message id and record size.
+
+    A named tuple, not an attrs class: one is made per appended record on the hot path."""
 
     offset: int
     msg_id: int
@@ -171,6 +174,8 @@ class AppendRequest:
         """Where each record landed; raises the append's error if it failed."""
         if self.error is not None:
             raise self.error
+        if len(self.items) == 1:
+            return [Appended(self.offset, self.items[0][2], self.size)]
         return _placed(self.items, self.offset)
 
 
@@ -195,7 +200,10 @@ class PartitionLog:
         self.read_only = read_only
         self.group_commit = settings.group_commit
         self._view: tuple[list[int], list[Segment]] = ([], [])
-        self._cond = threading.Condition(threading.Lock())  # guards the queue and the writer thread
+        self._queue_lock = threading.Lock()  # guards the queue and the writer thread
+        self._cond = threading.Condition(self._queue_lock)
+        self._max_record = settings.max_transfer_size
+        self._accepting = not read_only  # false once closing, closed or failed: submit looks closer
         self._write_lock = threading.Lock()  # guards the files and the segment list
         self._queue: collections.deque[AppendRequest] = collections.deque()
         self._writer: threading.Thread | None = None
@@ -311,7 +319,11 @@ class PartitionLog:
     # ----------------------------------------------------------------------------- appends
 
     def _measure(self, items: list[tuple[bytes, int, int, int]]) -> int:
-        limit = self.settings.max_transfer_size
+        limit = self._max_record
+        if len(items) == 1:
+            size = 20 + len(items[0][0])
+            if size <= limit:
+                return size
         size = 0
         for data, _flag, _msg_id, _crc in items:
             n = 20 + len(data)
@@ -330,8 +342,9 @@ class PartitionLog:
         read-only or a record is larger than ``max_transfer_size``.
         """
         request = AppendRequest(items, self._measure(items), sink, waiter, flush)
-        with self._cond:
-            self._check_writable()
+        with self._queue_lock:
+            if not self._accepting:
+                self._check_writable()
             self._queue.append(request)
             if self._writer is None:
                 self._start_writer()
@@ -554,6 +567,7 @@ class PartitionLog:
         log.critical("%s: I/O error, the partition is now read-only: %s", self.name, exc)
         with self._cond:
             self._failure = error
+            self._accepting = False
             pending = list(self._queue)
             self._queue.clear()
         self._answer(batch + pending, error)
@@ -665,6 +679,7 @@ class PartitionLog:
             if self._closed:
                 return
             self._closing = True
+            self._accepting = False
             writer = self._writer
             self._cond.notify_all()
         if writer is not None:

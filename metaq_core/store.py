@@ -22,9 +22,12 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import fcntl
+import importlib
 import logging
 import os
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterable, Mapping
 
 import attrs
@@ -268,7 +271,7 @@ class LogStore:
     async def append_async(self, topic: str, partition: int, body: bytes, *,
                            attribute: str | None = None) -> Appended:
         """Trio flavour of ``append``: the event loop never blocks on the disk."""
-        from metaq_core.trio_bridge import submit_async
+        submit_async = _trio_bridge().submit_async
         plog = self._logs.get((topic, partition))
         if plog is None or self._closed:
             plog = await self._partition_async(topic, partition)
@@ -277,16 +280,14 @@ class LogStore:
 
     async def append_many_async(self, topic: str, partition: int, bodies: Iterable[bytes], *,
                                 attribute: str | None = None) -> list[Appended]:
-        from metaq_core.trio_bridge import submit_async
         plog = await self._partition_async(topic, partition)
-        return await submit_async(plog, self._items(bodies, attribute))
+        return await _trio_bridge().submit_async(plog, self._items(bodies, attribute))
 
     async def _partition_async(self, topic: str, partition: int) -> PartitionLog:
         plog = self._logs.get((topic, partition))
         if plog is not None and not self._closed:
             return plog
-        from metaq_core.trio_bridge import run_blocking
-        return await run_blocking(self.partition, topic, partition)
+        return await _trio_bridge().run_blocking(self.partition, topic, partition)
 
     # -------------------------------------------------------------------------------- reads
 
@@ -306,8 +307,7 @@ class LogStore:
 
     async def read_async(self, topic: str, partition: int, offset: int,
                          max_bytes: int = 1024 * 1024) -> ReadResult:
-        from metaq_core.trio_bridge import run_blocking
-        return await run_blocking(self.read, topic, partition, offset, max_bytes)
+        return await _trio_bridge().run_blocking(self.read, topic, partition, offset, max_bytes)
 
     def slice(self, topic: str, partition: int, offset: int, max_bytes: int) -> Slice:
         """The raw byte range a ``get`` sends (see PartitionLog.slice)."""
@@ -376,8 +376,7 @@ class LogStore:
             os.close(fd)
 
     async def aclose(self) -> None:
-        from metaq_core.trio_bridge import run_blocking
-        await run_blocking(self.close)
+        await _trio_bridge().run_blocking(self.close)
 
     @property
     def closed(self) -> bool:
@@ -398,6 +397,14 @@ class LogStore:
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "writable"
         return f"<LogStore {self.path!r} {mode} partitions={len(self._logs)}>"
+
+
+def _trio_bridge() -> types.ModuleType:
+    """``metaq_core.trio_bridge``, imported on first use so that blocking users never load trio."""
+    module = sys.modules.get("metaq_core.trio_bridge")
+    if module is None:
+        module = importlib.import_module("metaq_core.trio_bridge")
+    return module
 
 
 def _check_settings(settings: LogSettings) -> None:
