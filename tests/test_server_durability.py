@@ -130,3 +130,30 @@ def test_kill_9_loses_no_acknowledged_put(tmp_path):
         proc.terminate()
         assert proc.wait(30) == 0
         proc.stdout.close()
+
+
+def test_sighup_reloads_topic_sections_of_a_running_broker(tmp_path):
+    import time
+
+    from metaq_server.cli import request
+
+    config = tmp_path / "server.ini"
+    config.write_text(SERVER_INI)
+    port = free_port()
+    proc = start_broker_process(str(tmp_path / "data"), port, "-c", str(config))
+    try:
+        def put(topic: str) -> int:
+            return request("127.0.0.1", port, encode(Put(topic, 0, 0, -1, None, 1, b"x")))[0]
+
+        assert put("added-later") == 500
+        config.write_text(SERVER_INI + "\n[topic=added-later]\nnumPartitions=2\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while put("added-later") != 200:
+            assert time.monotonic() < deadline, "the reload was not applied"
+            time.sleep(0.05)
+        assert put("meta-test") == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        proc.stdout.close()
