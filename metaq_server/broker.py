@@ -28,7 +28,7 @@ from metaq_core.wire import (
     encode_result, encode_value_header,
 )
 from metaq_server import stats as statsmod
-from metaq_server.config import BrokerConfig
+from metaq_server.config import BrokerConfig, TopicConfig
 from metaq_server.connection import IDLE_TIMEOUT, Connection
 
 log = logging.getLogger("metaq.server")
@@ -80,14 +80,25 @@ class Broker:
         self.closed_partitions: set[tuple[str, int]] = set()
         self.store: LogStore | None = None
         self.idle_timeout = IDLE_TIMEOUT
+        self._accepted: dict[str, TopicConfig] = {}
         self.listeners: list[trio.SocketListener] = []
         self._sink: TrioSink | None = None
         self._shutdown: trio.Event | None = None
 
     # ------------------------------------------------------------------------------ config
 
+    def accepted(self, topic: str) -> TopicConfig | None:
+        """The config of an accepted topic (cached: matching wildcard sections costs a regex),
+        None for a topic this broker does not accept."""
+        topic_config = self._accepted.get(topic)
+        if topic_config is None:
+            topic_config = self.config.topic_config(topic)
+            if topic_config is not None:  # only accepted names are cached: others are unbounded
+                self._accepted[topic] = topic_config
+        return topic_config
+
     def _stat_enabled(self, topic: str) -> bool:
-        topic_config = self.config.topic_config(topic)
+        topic_config = self.accepted(topic)
         return bool(topic_config.stat) if topic_config is not None else bool(self.config.system.stat)
 
     def open_store(self) -> LogStore:
@@ -174,6 +185,7 @@ class Broker:
             log.error("reload failed, keeping the old configuration: %s", exc)
             return
         self.config = new_config
+        self._accepted.clear()
         log.info("configuration reloaded: %d topic section(s) changed", len(changed))
 
     async def _handle(self, stream: trio.SocketStream) -> None:
@@ -228,13 +240,15 @@ class Broker:
         if (topic, partition) in self.closed_partitions:
             return self._fail_put(conn, event, partition, 403,
                                   f"Partition[{self.broker_id}-{partition}] has been closed")
-        try:
-            validate_topic(topic)
-        except MetaqError as exc:
-            return self._fail_put(conn, event, partition, 500, str(exc))
-        topic_config = self.config.topic_config(topic)
+        topic_config = self._accepted.get(topic)
         if topic_config is None:
-            return self._fail_put(conn, event, partition, 500, f"The server do not accept topic {topic}")
+            try:
+                validate_topic(topic)
+            except MetaqError as exc:
+                return self._fail_put(conn, event, partition, 500, str(exc))
+            topic_config = self.accepted(topic)
+            if topic_config is None:
+                return self._fail_put(conn, event, partition, 500, f"The server do not accept topic {topic}")
         if partition == -1:
             partition = random.randrange(topic_config.num_partitions)
         if not 0 <= partition < topic_config.num_partitions:
