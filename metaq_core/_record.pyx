@@ -32,29 +32,32 @@ cdef void write_header(unsigned char* p, int32_t length, uint32_t checksum,
     store_be32(p + 16, <uint32_t>flag)
 
 
+cdef inline int next_record(const unsigned char* buf, size_t pos, size_t end, bint verify,
+                            int32_t* length) noexcept nogil:
+    """Check the record at ``pos``: SCAN_CLEAN if it is whole and valid (its data length in
+    ``length``), SCAN_PARTIAL if it is incomplete, SCAN_CORRUPT if it is invalid."""
+    if end - pos < HEADER_SIZE:
+        return SCAN_PARTIAL
+    length[0] = <int32_t>load_be32(buf + pos)
+    if length[0] < 0:
+        return SCAN_CORRUPT
+    if <size_t>length[0] > end - pos - HEADER_SIZE:
+        return SCAN_PARTIAL
+    if verify and checksum_raw(buf + pos + HEADER_SIZE, <size_t>length[0]) != load_be32(buf + pos + 4):
+        return SCAN_CORRUPT
+    return SCAN_CLEAN
+
+
 cdef int scan_raw(const unsigned char* buf, size_t start, size_t end, bint verify,
                   size_t* out_end, long long* out_count) noexcept nogil:
     """Walk records in buf[start:end]; stop at the first incomplete or invalid one."""
     cdef size_t pos = start
     cdef long long count = 0
-    cdef int32_t length
+    cdef int32_t length = 0
     cdef int status = SCAN_CLEAN
-    while True:
-        if end - pos == 0:
-            status = SCAN_CLEAN
-            break
-        if end - pos < HEADER_SIZE:
-            status = SCAN_PARTIAL
-            break
-        length = <int32_t>load_be32(buf + pos)
-        if length < 0:
-            status = SCAN_CORRUPT
-            break
-        if <size_t>length > end - pos - HEADER_SIZE:
-            status = SCAN_PARTIAL
-            break
-        if verify and checksum_raw(buf + pos + HEADER_SIZE, <size_t>length) != load_be32(buf + pos + 4):
-            status = SCAN_CORRUPT
+    while pos < end:
+        status = next_record(buf, pos, end, verify, &length)
+        if status != SCAN_CLEAN:
             break
         pos += HEADER_SIZE + <size_t>length
         count += 1
@@ -149,7 +152,7 @@ def decode(buf, long long base_offset=0, Py_ssize_t start=0, Py_ssize_t end=-1,
     cdef size_t pos
     cdef size_t stop
     cdef const unsigned char* p
-    cdef int32_t length
+    cdef int32_t length = 0
     cdef int status = SCAN_CLEAN
     cdef list records = []
     end = _resolve_end(size, start, end)
@@ -157,23 +160,11 @@ def decode(buf, long long base_offset=0, Py_ssize_t start=0, Py_ssize_t end=-1,
     stop = end
     if size == 0:
         return (records, 0, SCAN_CLEAN)
-    while True:
-        if stop - pos == 0:
-            break
-        if stop - pos < HEADER_SIZE:
-            status = SCAN_PARTIAL
+    while pos < stop:
+        status = next_record(&view[0], pos, stop, verify, &length)
+        if status != SCAN_CLEAN:
             break
         p = &view[0] + pos
-        length = <int32_t>load_be32(p)
-        if length < 0:
-            status = SCAN_CORRUPT
-            break
-        if <size_t>length > stop - pos - HEADER_SIZE:
-            status = SCAN_PARTIAL
-            break
-        if verify and checksum_raw(p + HEADER_SIZE, <size_t>length) != load_be32(p + 4):
-            status = SCAN_CORRUPT
-            break
         records.append((
             base_offset + <long long>pos,
             <int64_t>((<uint64_t>load_be32(p + 8) << 32) | load_be32(p + 12)),

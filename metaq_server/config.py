@@ -447,8 +447,23 @@ def _ini_text(value: Any) -> str:
 # ============================================================================================
 
 
+class _RetentionSettings:
+    """The parsed forms of ``deletePolicy`` and ``deleteWhen``, shared by [system] and topics."""
+
+    delete_policy: str
+    delete_when: str
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        return RetentionPolicy.parse(self.delete_policy)
+
+    @property
+    def delete_when_cron(self) -> CronExpression:
+        return CronExpression.parse(self.delete_when)
+
+
 @attrs.frozen
-class SystemConfig:
+class SystemConfig(_RetentionSettings):
     """The ``[system]`` section (broker.md §2.2). Read at start-up only: a reload ignores it.
 
     ``SYSTEM_KEYS`` maps each ini name to its attribute. ``host_name=None`` means "the local
@@ -486,14 +501,6 @@ class SystemConfig:
     dashboard_http_port: int = 8120
     app_class_path: str | None = None
 
-    @property
-    def retention_policy(self) -> RetentionPolicy:
-        return RetentionPolicy.parse(self.delete_policy)
-
-    @property
-    def delete_when_cron(self) -> CronExpression:
-        return CronExpression.parse(self.delete_when)
-
     def as_ini(self) -> dict[str, str]:
         """ini key → value as it would be written in ``server.ini``."""
         return {o.key: _ini_text(getattr(self, o.attr)) for o in _SYSTEM_OPTIONS}
@@ -516,7 +523,7 @@ class ZooKeeperConfig:
 
 
 @attrs.frozen
-class TopicConfig:
+class TopicConfig(_RetentionSettings):
     """Settings of one topic (broker.md §2.4): a ``[topic=…]`` section with blanks inherited from
     ``[system]`` (a snapshot taken when the file was parsed).
 
@@ -546,14 +553,6 @@ class TopicConfig:
     def is_pattern(self) -> bool:
         """Whether ``section`` is a wildcard pattern (contains ``*``)."""
         return self.section is not None and "*" in self.section
-
-    @property
-    def retention_policy(self) -> RetentionPolicy:
-        return RetentionPolicy.parse(self.delete_policy)
-
-    @property
-    def delete_when_cron(self) -> CronExpression:
-        return CronExpression.parse(self.delete_when)
 
     @classmethod
     def from_system(cls, topic: str, system: SystemConfig, section: str | None = None,
