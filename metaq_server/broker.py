@@ -84,6 +84,7 @@ class Broker:
         self.listeners: list[trio.SocketListener] = []
         self._sink: TrioSink | None = None
         self._shutdown: trio.Event | None = None
+        self.stopped: trio.Event | None = None  # set once run() has closed the store
 
     # ------------------------------------------------------------------------------ config
 
@@ -122,6 +123,7 @@ class Broker:
                   handle_signals: bool = True) -> None:
         """Serve until SIGTERM/SIGINT (or ``shutdown()``), then shut down gracefully."""
         self._shutdown = trio.Event()
+        self.stopped = trio.Event()
         self._sink = None
         if self.store is None:
             await trio.to_thread.run_sync(self.open_store)
@@ -156,6 +158,7 @@ class Broker:
             with trio.CancelScope(shield=True):
                 log.info("broker %d: draining and syncing every partition", self.broker_id)
                 await trio.to_thread.run_sync(self.store.close)
+                self.stopped.set()
                 log.info("broker %d stopped", self.broker_id)
 
     def shutdown(self) -> None:

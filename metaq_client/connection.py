@@ -1,0 +1,314 @@
+"""Connections to brokers: one TCP connection per broker URL, every request of every task
+pipelined on it and matched to its answer by opaque (protocol §2.5, §6.3).
+
+``Connection`` writes frames encoded by ``metaq_core.wire`` and reads answers with its
+``FrameDecoder``; when it closes, every outstanding request fails at once with
+ConnectionClosedError. An idle connection is kept alive with ``version`` heartbeats and closed after
+three failed ones (Java's gecko rules, protocol §5.7). ``ConnectionPool`` keeps one connection per
+URL and re-establishes it with back-off; while it is down, requests fail fast with
+BrokerUnavailableError. This module moves frames: it never interprets a status code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.parse
+
+import attrs
+import trio
+
+from metaq_client.errors import BrokerUnavailableError, ConnectionClosedError
+from metaq_core.wire import Event, FrameDecoder, RemoteProtocolError, Result, Value, Version, encode
+
+log = logging.getLogger("metaq.client")
+
+DEFAULT_PORT = 8123
+OPAQUE_MIN = -(2**31)
+OPAQUE_WRAP = 2**31 - 1 - 10
+RECEIVE_SIZE = 256 * 1024
+
+
+class OpaqueGenerator:
+    """Java's ``OpaqueGenerator``: starts at -2147483648, +1 per request, and wraps back to
+    -2147483648 when it reaches 2147483637. Thread-safe: one counter serves the whole process."""
+
+    def __init__(self, start: int = OPAQUE_MIN) -> None:
+        self._next = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            if self._next >= OPAQUE_WRAP:
+                self._next = OPAQUE_MIN
+            value = self._next
+            self._next += 1
+            return value
+
+
+next_opaque = OpaqueGenerator()
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``meta://host:port`` → (host, port); the port defaults to 8123."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "meta" or not parts.hostname:
+        raise ValueError(f"not a broker URL (meta://host:port): {url!r}")
+    return parts.hostname, parts.port or DEFAULT_PORT
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionSettings:
+    """Java's network defaults: heartbeat after 10 s idle, answered within 5 s, 3 failures close."""
+
+    idle_time: float = 10.0
+    heartbeat_timeout: float = 5.0
+    max_heartbeat_failures: int = 3
+    connect_timeout: float = 4.0
+    reconnect_delay: float = 0.1
+    max_reconnect_delay: float = 5.0
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    connections: int
+    connects: int
+    connect_failures: int
+    requests: int
+    heartbeats: int
+    heartbeat_failures: int
+    dropped_answers: int
+
+
+@attrs.define
+class _Counters:
+    connects: int = 0
+    connect_failures: int = 0
+    requests: int = 0
+    heartbeats: int = 0
+    heartbeat_failures: int = 0
+    dropped_answers: int = 0
+
+
+class _Pending:
+    __slots__ = ("done", "answer", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: Result | Value | None = None
+        self.error: BaseException | None = None
+
+
+class Connection:
+    """One live TCP connection to a broker; ``run()`` serves it until it closes."""
+
+    def __init__(self, url: str, stream: trio.abc.Stream, settings: ConnectionSettings,
+                 counters: _Counters) -> None:
+        self.url = url
+        self._stream = stream
+        self._settings = settings
+        self._counters = counters
+        self._decoder = FrameDecoder()
+        self._pending: dict[int, _Pending] = {}
+        self._out: list[bytes] = []
+        self._wake_writer = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._last_io = trio.current_time()
+        self.close_reason: str | None = None
+        self.closed = False
+
+    async def request(self, event: Event) -> Result | Value:
+        """Send ``event`` with a fresh opaque and wait for its answer."""
+        if self.closed:
+            raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
+        opaque = next_opaque()
+        frame = encode(attrs.evolve(event, opaque=opaque))
+        pending = _Pending()
+        self._pending[opaque] = pending
+        self._counters.requests += 1
+        self._out.append(frame)
+        self._wake_writer.set()
+        try:
+            await pending.done.wait()
+        finally:
+            self._pending.pop(opaque, None)
+        if pending.error is not None:
+            raise pending.error
+        return pending.answer
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self.close_reason is not None:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._heartbeat)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as lost:
+            self.close(f"connection lost: {lost.exceptions[0]!r}")
+        finally:
+            self.closed = True
+            reason = self.close_reason or "the client is closing"
+            self.close_reason = reason
+            for pending in self._pending.values():
+                pending.error = ConnectionClosedError(f"connection to {self.url} closed while the request "
+                                                      f"waited for its answer: {reason}")
+                pending.done.set()
+            self._pending.clear()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+
+    async def _reader(self) -> None:
+        decoder = self._decoder
+        while True:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                self.close("closed by the broker")
+                return
+            self._last_io = trio.current_time()
+            decoder.receive_data(data)
+            while True:
+                try:
+                    event = decoder.next_event()
+                except RemoteProtocolError as exc:
+                    self.close(f"protocol error from the broker: {exc}")
+                    return
+                if event is None:
+                    break
+                pending = self._pending.get(getattr(event, "opaque", None))
+                if pending is None or not isinstance(event, (Result, Value)):
+                    self._counters.dropped_answers += 1  # nobody waits for it any more (§6.3)
+                    continue
+                pending.answer = event
+                pending.done.set()
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._out:
+                self._wake_writer = trio.Event()
+                await self._wake_writer.wait()
+                continue
+            frames, self._out = self._out, []
+            await self._stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+            self._last_io = trio.current_time()
+
+    async def _heartbeat(self) -> None:
+        settings = self._settings
+        failures = 0
+        while True:
+            wait = self._last_io + settings.idle_time - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+                continue
+            self._counters.heartbeats += 1
+            answer = None
+            with trio.move_on_after(settings.heartbeat_timeout):
+                answer = await self.request(Version())
+            if isinstance(answer, Result) and answer.status == 200:
+                failures = 0
+                continue
+            failures += 1
+            self._counters.heartbeat_failures += 1
+            log.warning("%s: heartbeat %d failed (%s)", self.url, failures,
+                        "no answer" if answer is None else f"status {answer.status}")
+            if failures >= settings.max_heartbeat_failures:
+                self.close(f"{failures} heartbeats in a row failed")
+                return
+            self._last_io = trio.current_time()
+
+
+class _BrokerLink:
+    """Keeps one connection to one URL up: connect, serve, reconnect with back-off."""
+
+    def __init__(self, url: str, settings: ConnectionSettings, counters: _Counters) -> None:
+        self.url = url
+        self.host, self.port = parse_url(url)
+        self._settings = settings
+        self._counters = counters
+        self.connection: Connection | None = None
+        self._connecting = True
+        self._attempt = trio.Event()
+        self._last_error = "not connected yet"
+
+    async def get(self) -> Connection:
+        conn = self.connection
+        if conn is None or conn.closed:
+            if self._connecting:
+                await self._attempt.wait()
+            conn = self.connection
+            if conn is None or conn.closed:
+                why = f"the connection closed: {conn.close_reason}" if conn is not None else self._last_error
+                raise BrokerUnavailableError(f"no connection to the broker {self.url}: {why}")
+        return conn
+
+    async def supervise(self) -> None:
+        try:
+            await self._keep_connected()
+        finally:  # nobody may wait for an attempt that will never come
+            self._connecting = False
+            self._attempt.set()
+
+    async def _keep_connected(self) -> None:
+        settings = self._settings
+        delay = settings.reconnect_delay
+        while True:
+            if self._attempt.is_set():
+                self._attempt = trio.Event()
+            self._connecting = True
+            try:
+                with trio.fail_after(settings.connect_timeout):
+                    stream = await trio.open_tcp_stream(self.host, self.port)
+            except (OSError, trio.TooSlowError) as exc:
+                self.connection = None
+                self._counters.connect_failures += 1
+                self._last_error = f"cannot connect: {exc!r}" if str(exc) else "cannot connect: timed out"
+                self._connecting = False
+                self._attempt.set()
+                log.debug("%s: %s; next attempt in %.1f s", self.url, self._last_error, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, settings.max_reconnect_delay)
+                continue
+            self._counters.connects += 1
+            conn = self.connection = Connection(self.url, stream, settings, self._counters)
+            self._connecting = False
+            self._attempt.set()
+            delay = settings.reconnect_delay
+            log.debug("%s: connected", self.url)
+            await conn.run()
+            log.warning("%s: the connection closed: %s; reconnecting", self.url, conn.close_reason)
+            await trio.sleep(delay)
+
+
+class ConnectionPool:
+    """One connection per broker URL, shared by every producer and consumer of a client.
+
+    Its tasks live in the nursery it is given; cancelling that nursery closes every connection."""
+
+    def __init__(self, nursery: trio.Nursery, settings: ConnectionSettings | None = None) -> None:
+        self._nursery = nursery
+        self.settings = settings or ConnectionSettings()
+        self._links: dict[str, _BrokerLink] = {}
+        self._counters = _Counters()
+
+    async def connection(self, url: str) -> Connection:
+        link = self._links.get(url)
+        if link is None:
+            link = self._links[url] = _BrokerLink(url, self.settings, self._counters)
+            self._nursery.start_soon(link.supervise, name=f"metaq connection {url}")
+        return await link.get()
+
+    async def request(self, url: str, event: Event) -> Result | Value:
+        return await (await self.connection(url)).request(event)
+
+    def statistics(self) -> ConnectionStatistics:
+        c = self._counters
+        live = sum(1 for link in self._links.values() if link.connection is not None and not link.connection.closed)
+        return ConnectionStatistics(live, c.connects, c.connect_failures, c.requests, c.heartbeats,
+                                    c.heartbeat_failures, c.dropped_answers)
