@@ -1,0 +1,653 @@
+"""The multi-process load generator of ``bench/broker.py``: the same Python client code drives
+metaq-trio (MetaQ ``put``) and Redis (RESP ``XADD``), so the client language is the same for both.
+
+Puts (``run_puts``)
+    N worker processes (``multiprocessing``, spawn) each own a share of the connections. Every
+    connection is a raw non-blocking socket kept at ``depth`` requests in flight: it sends
+    ``depth`` frames at once, and for each batch of answers it reads, sends as many new frames in
+    one ``send``. One ``epoll`` loop per worker. Frames are encoded before the clock starts: a
+    ring of MetaQ ``put`` frames (``metaq_core.wire.encode(Put(...))``, 1.4.4 form with the
+    CRC-32 checksum, a constant body, one opaque per ring slot) or one constant RESP
+    ``XADD <stream> * f <value>`` frame. MetaQ answers are matched by opaque
+    (``metaq_core.wire.FrameDecoder``); Redis replies are counted in order (RESP is in order).
+
+    The coordinator (the calling process) waits until every worker has connected, then gives them
+    one start time; the measured window opens ``warmup`` seconds later and lasts ``window``
+    seconds. A request counts when its answer is read inside the window; its latency is the time
+    from the ``send`` that carried it to the ``recv`` that brought its answer (one clock read per
+    send and per recv: the whole batch shares it). After the window the workers stop sending,
+    collect what is still in flight and report: answers in the window, latencies (ns), errors and
+    their own CPU time over the window (``time.process_time``). The coordinator reads the servers'
+    CPU time (``/proc/<pid>/stat``: every thread of the process) at the window's edges.
+
+Drain (``run_drain``, ``run_raw_loopback``)
+    A consumer process fetches a partition from start to end with ``get <maxSize>`` one request
+    at a time (as the Java consumer does per partition) into one preallocated buffer
+    (``recv_into``), moves its offset by the complete records of each answer, and repeats for
+    ``passes`` passes. The baseline is a sender/receiver pair of Python processes moving the same
+    number of bytes over a loopback TCP socket with large ``send``/``recv_into`` calls. Neither
+    side decodes the records: both measure moving the bytes.
+
+Clocks: ``time.monotonic_ns`` (CLOCK_MONOTONIC, the same clock in every process of the machine).
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import multiprocessing
+import os
+import select
+import socket
+import struct
+import time
+import traceback
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+RECV_SIZE = 256 * 1024
+READY_TIMEOUT = 30.0
+TAIL_TIMEOUT = 5.0          # how long workers wait for in-flight answers after the window
+GET_GROUP = "bench-drain"
+RECORD_HEADER = 20
+
+_CTX = multiprocessing.get_context("spawn")
+
+
+# ------------------------------------------------------------------------------ put loads
+
+@dataclass(frozen=True)
+class PutLoad:
+    """One load point: who is driven, how many connections, how deep each pipeline is."""
+
+    protocol: str               # "metaq" or "redis"
+    port: int
+    connections: int
+    depth: int
+    workers: int
+    payload: int = 1024
+    key: str = "bench"          # MetaQ topic (partition 0) or Redis stream key
+    host: str = HOST
+
+    def shares(self) -> list[int]:
+        """Connections per worker, as even as possible."""
+        workers = max(1, min(self.workers, self.connections))
+        base, extra = divmod(self.connections, workers)
+        return [base + (1 if i < extra else 0) for i in range(workers)]
+
+
+def payload_bytes(size: int) -> bytes:
+    """The constant message body: incompressible, the same in every process and run."""
+    import random
+    return random.Random(1024).randbytes(size)
+
+
+def metaq_put_frames(load: PutLoad, ring: int) -> list[bytes]:
+    """``ring`` MetaQ put frames (1.4.4 form: with checksum), opaque = slot number."""
+    from metaq_core import record
+    from metaq_core.wire import Put, encode
+
+    data = payload_bytes(load.payload)
+    crc = record.checksum(data)
+    return [encode(Put(load.key, 0, 0, crc, None, opaque, data)) for opaque in range(ring)]
+
+
+def redis_xadd_frame(load: PutLoad) -> bytes:
+    """``XADD <key> * f <value>`` as a RESP array of bulk strings."""
+    parts = [b"XADD", load.key.encode(), b"*", b"f", payload_bytes(load.payload)]
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+class _Conn:
+    """One pipelined connection of a worker (both protocols; the parse method differs)."""
+
+    __slots__ = ("sock", "fd", "ep", "pending", "outstanding", "next_op", "sent_at", "fifo",
+                 "decoder", "rbuf", "frames", "ring", "batches", "proto")
+
+    def __init__(self, sock: socket.socket, ep, proto: str, frames, ring: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ep = ep
+        self.pending = bytearray()
+        self.outstanding = 0
+        self.next_op = 0
+        self.ring = ring
+        self.proto = proto
+        self.frames = frames                    # metaq: ring of frames; redis: [b"", f, f*2, …]
+        self.sent_at = [0] * ring               # metaq: send time by opaque (0 = free)
+        self.fifo: collections.deque[int] = collections.deque()   # redis: send times in order
+        self.rbuf = bytearray()
+        self.decoder = None
+        if proto == "metaq":
+            from metaq_core.wire import FrameDecoder
+            self.decoder = FrameDecoder()
+
+    def issue(self, count: int, now: int) -> None:
+        if count <= 0:
+            return
+        if self.proto == "metaq":
+            sent_at, frames, ring = self.sent_at, self.frames, self.ring
+            op = self.next_op
+            chunks = []
+            for _ in range(count):
+                while sent_at[op]:                 # still in flight (answers out of order)
+                    op = (op + 1) % ring
+                sent_at[op] = now
+                chunks.append(frames[op])
+                op = (op + 1) % ring
+            self.next_op = op
+            data = chunks[0] if count == 1 else b"".join(chunks)
+        else:
+            self.fifo.extend([now] * count)
+            data = self.frames[count]
+        self.outstanding += count
+        self.write(data)
+
+    def write(self, data: bytes) -> None:
+        if self.pending:
+            self.pending += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.pending += data[sent:]
+            self.ep.modify(self.fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        try:
+            sent = self.sock.send(self.pending)
+        except BlockingIOError:
+            return
+        del self.pending[:sent]
+        if not self.pending:
+            self.ep.modify(self.fd, select.EPOLLIN)
+
+
+def _parse_metaq(conn: _Conn, data: bytes, now: int, record, stats: list) -> int:
+    """Answers in ``data``: returns how many; ``record`` is the latency list or None."""
+    dec = conn.decoder
+    dec.receive_data(data)
+    sent_at = conn.sent_at
+    done = 0
+    while True:
+        event = dec.next_event()
+        if event is None:
+            break
+        op = event.opaque
+        started = sent_at[op]
+        sent_at[op] = 0
+        if event.status != 200:
+            stats[0] += 1
+            if stats[1] is None:
+                stats[1] = f"status {event.status}: {event.body!r}"
+        if record is not None:
+            record(now - started)
+        done += 1
+    conn.outstanding -= done
+    return done
+
+
+def _parse_redis(conn: _Conn, data: bytes, now: int, record, stats: list) -> int:
+    buf = conn.rbuf
+    buf += data
+    size = len(buf)
+    pos = 0
+    done = 0
+    find = buf.find
+    while pos < size:
+        nl = find(b"\r\n", pos)
+        if nl < 0:
+            break
+        kind = buf[pos]
+        if kind == 36:                              # $<n>\r\n<n bytes>\r\n (the entry id)
+            end = nl + 2 + int(buf[pos + 1:nl]) + 2
+            if end > size:
+                break
+            pos = end
+        else:                                       # -ERR …, +OK, :n
+            if kind == 45:
+                stats[0] += 1
+                if stats[1] is None:
+                    stats[1] = bytes(buf[pos:nl]).decode(errors="replace")
+            pos = nl + 2
+        done += 1
+    if pos:
+        del buf[:pos]
+    fifo = conn.fifo
+    popleft = fifo.popleft
+    if record is not None:
+        for _ in range(done):
+            record(now - popleft())
+    else:
+        for _ in range(done):
+            popleft()
+    conn.outstanding -= done
+    return done
+
+
+def _connect(host: str, port: int) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    return sock
+
+
+def _put_worker(load: PutLoad, nconns: int, pipe) -> None:
+    try:
+        pipe.send(("done", _put_worker_run(load, nconns, pipe)))
+    except BaseException as exc:   # reported to the coordinator, which raises
+        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        pipe.close()
+
+
+def _put_worker_run(load: PutLoad, nconns: int, pipe) -> dict:
+    depth = load.depth
+    if load.protocol == "metaq":
+        ring = max(64, 4 * depth)
+        frames = metaq_put_frames(load, ring)
+        parse = _parse_metaq
+    elif load.protocol == "redis":
+        ring = 1
+        frame = redis_xadd_frame(load)
+        frames = [frame * k for k in range(depth + 1)]
+        parse = _parse_redis
+    else:
+        raise ValueError(f"unknown protocol {load.protocol!r}")
+    ep = select.epoll()
+    conns: dict[int, _Conn] = {}
+    for _ in range(nconns):
+        conn = _Conn(_connect(load.host, load.port), ep, load.protocol, frames, ring)
+        conns[conn.fd] = conn
+        ep.register(conn.fd, select.EPOLLIN)
+    pipe.send(("ready", os.getpid()))
+    kind, t_go, t_start, t_end = pipe.recv()
+    assert kind == "go"
+
+    latencies = array.array("q")
+    record = latencies.append
+    stats: list = [0, None]      # errors, first error text
+    in_window = 0
+    total = 0
+    clock = time.monotonic_ns
+    while clock() < t_go:
+        time.sleep(max(0.0, (t_go - clock()) / 1e9))
+    now = clock()
+    for conn in conns.values():
+        conn.issue(depth, now)
+    cpu_start = cpu_end = None
+    t_cpu_start = t_cpu_end = 0
+    sending = True
+    deadline = None
+    poll = ep.poll
+    RECV = RECV_SIZE
+    while True:
+        now = clock()
+        if cpu_start is None and now >= t_start:
+            cpu_start, t_cpu_start = time.process_time(), now
+        if sending and now >= t_end:
+            cpu_end, t_cpu_end = time.process_time(), now
+            sending = False
+            deadline = now + int(TAIL_TIMEOUT * 1e9)
+        if not sending:
+            if now >= deadline or not any(c.outstanding for c in conns.values()):
+                break
+        if cpu_start is None:
+            timeout = min(0.05, max(0.0, (t_start - now) / 1e9))
+        elif sending:
+            timeout = min(0.05, max(0.0, (t_end - now) / 1e9))
+        else:
+            timeout = 0.05
+        events = poll(timeout)
+        now = clock()
+        measuring = t_start <= now < t_end
+        for fd, mask in events:
+            conn = conns[fd]
+            if mask & select.EPOLLOUT:
+                conn.flush()
+            if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                try:
+                    data = conn.sock.recv(RECV)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise ConnectionError(f"{load.protocol} server closed a connection "
+                                          f"({conn.outstanding} requests in flight)")
+                done = parse(conn, data, now, record if measuring else None, stats)
+                total += done
+                if measuring:
+                    in_window += done
+                if sending and done:
+                    conn.issue(done, now)
+    left = sum(c.outstanding for c in conns.values())
+    for conn in conns.values():
+        conn.sock.close()
+    ep.close()
+    cpu_elapsed = (t_cpu_end - t_cpu_start) / 1e9 if cpu_end is not None else 0.0
+    return {
+        "pid": os.getpid(),
+        "connections": nconns,
+        "answers_in_window": in_window,
+        "answers_total": total,
+        "unanswered_at_end": left,
+        "errors": stats[0],
+        "first_error": stats[1],
+        "cpu_seconds": (cpu_end - cpu_start) if cpu_end is not None else 0.0,
+        "cpu_elapsed": cpu_elapsed,
+        "latencies": latencies.tobytes(),
+    }
+
+
+# --------------------------------------------------------------------------- CPU probes
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of every thread of ``pid`` (``/proc/<pid>/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS     # utime, stime (fields 14, 15)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy (not idle, not iowait) since boot (``/proc/stat``)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / _TICKS
+
+
+def _spawn(target, *args):
+    parent, child = _CTX.Pipe()
+    proc = _CTX.Process(target=target, args=(*args, child), daemon=True)
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def _expect(pipe, kind: str, timeout: float, what: str):
+    if not pipe.poll(timeout):
+        raise TimeoutError(f"{what}: no {kind!r} message within {timeout:g} s")
+    try:
+        message = pipe.recv()
+    except EOFError:
+        raise RuntimeError(f"{what}: the worker process died") from None
+    if message[0] == "error":
+        raise RuntimeError(f"{what} failed in the worker process:\n{message[1]}")
+    if message[0] != kind:
+        raise RuntimeError(f"{what}: expected {kind!r}, got {message[0]!r}")
+    return message
+
+
+def _sleep_until(deadline_ns: int) -> None:
+    while True:
+        left = (deadline_ns - time.monotonic_ns()) / 1e9
+        if left <= 0:
+            return
+        time.sleep(left)
+
+
+def quantile(ordered, q: float) -> float | None:
+    if not ordered:
+        return None
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def run_puts(load: PutLoad, warmup: float, window: float, server_pids: dict[str, int],
+             on_window=None) -> dict:
+    """One measured window of ``load``. ``server_pids``: name → pid whose CPU is read at the
+    window's edges. ``on_window(pids)`` (optional) is called when the window opens, with the
+    worker pids (a hook for a profiler). Returns plain numbers (see the end)."""
+    workers = []
+    try:
+        for share in load.shares():
+            workers.append(_spawn(_put_worker, load, share))
+        gen_pids = [_expect(pipe, "ready", READY_TIMEOUT, f"{load.protocol} worker")[1]
+                    for _, pipe in workers]
+        t_go = time.monotonic_ns() + 20_000_000
+        t_start = t_go + int(warmup * 1e9)
+        t_end = t_start + int(window * 1e9)
+        for _, pipe in workers:
+            pipe.send(("go", t_go, t_start, t_end))
+        _sleep_until(t_start)
+        cpu0 = {name: process_cpu_seconds(pid) for name, pid in server_pids.items()}
+        busy0 = machine_busy_seconds()
+        m0 = time.monotonic_ns()
+        if on_window is not None:
+            on_window(gen_pids)
+        _sleep_until(t_end)
+        cpu1 = {name: process_cpu_seconds(pid) for name, pid in server_pids.items()}
+        busy1 = machine_busy_seconds()
+        m1 = time.monotonic_ns()
+        results = [_expect(pipe, "done", window + TAIL_TIMEOUT + 30, f"{load.protocol} worker")[1]
+                   for _, pipe in workers]
+    finally:
+        for proc, pipe in workers:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            pipe.close()
+    latencies = array.array("q")
+    for r in results:
+        latencies.frombytes(r.pop("latencies"))
+    ordered = sorted(latencies)
+    answers = sum(r["answers_in_window"] for r in results)
+    errors = sum(r["errors"] for r in results)
+    gen_cpu = sum(r["cpu_seconds"] / r["cpu_elapsed"] for r in results if r["cpu_elapsed"] > 0)
+    probe_elapsed = (m1 - m0) / 1e9
+    server_cpu = {}
+    for name in server_pids:
+        if cpu0.get(name) is None or cpu1.get(name) is None:
+            server_cpu[name] = None
+        else:
+            server_cpu[name] = (cpu1[name] - cpu0[name]) / probe_elapsed
+    machine = None if busy0 is None or busy1 is None else (busy1 - busy0) / probe_elapsed
+    known = gen_cpu + sum(v for v in server_cpu.values() if v is not None)
+    return {
+        "window": window,
+        "answers": answers,
+        "msg_per_s": answers / window,
+        "mb_per_s": answers * load.payload / window / 1e6,
+        "p50_ms": (quantile(ordered, 0.50) or 0.0) / 1e6,
+        "p99_ms": (quantile(ordered, 0.99) or 0.0) / 1e6,
+        "errors": errors,
+        "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
+        "unanswered_at_end": sum(r["unanswered_at_end"] for r in results),
+        "generator_cpu_cores": gen_cpu,
+        "generator_processes": len(results),
+        "server_cpu_cores": server_cpu,
+        "machine_cpu_cores": machine,
+        # everything else that ran meanwhile (other processes on a shared machine, kernel work
+        # not charged to a process): a noise flag
+        "other_cpu_cores": None if machine is None else max(0.0, machine - known),
+    }
+
+
+# --------------------------------------------------------------------------------- drain
+
+def _read_response(sock: socket.socket, view: memoryview, buf: bytearray) -> tuple[bytes, int, int]:
+    """Read one whole response into ``buf``: (header line, header end, total bytes)."""
+    got = 0
+    while True:
+        n = sock.recv_into(view[got:])
+        if not n:
+            raise ConnectionError("the broker closed the connection")
+        got += n
+        nl = buf.find(b"\r\n", 0, got)
+        if nl >= 0:
+            break
+    header = bytes(buf[:nl])
+    tokens = header.split(b" ")
+    body = int(tokens[1]) if tokens[0] == b"value" else int(tokens[2])
+    total = nl + 2 + body
+    while got < total:
+        n = sock.recv_into(view[got:total])
+        if not n:
+            raise ConnectionError("the broker closed the connection mid-answer")
+        got += n
+    return header, nl + 2, total
+
+
+def _drain_consumer(port: int, topic: str, start: int, end: int, record_size: int,
+                    max_size: int, passes: int, pipe) -> None:
+    try:
+        from metaq_core.wire import Get, encode
+
+        sock = socket.create_connection((HOST, port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray(max_size + 4096)
+        view = memoryview(buf)
+        expected_length = record_size - RECORD_HEADER
+        wire = records = gets = 0
+        latencies = []
+        pipe.send(("ready", os.getpid()))
+        _expect(pipe, "go", READY_TIMEOUT, "drain consumer")
+        cpu0, t0 = time.process_time(), time.monotonic_ns()
+        opaque = 0
+        for _ in range(passes):
+            offset = start
+            while offset < end:
+                opaque += 1
+                s = time.monotonic_ns()
+                sock.sendall(encode(Get(topic, GET_GROUP, 0, offset, max_size, opaque)))
+                header, body_at, total = _read_response(sock, view, buf)
+                latencies.append(time.monotonic_ns() - s)
+                if not header.startswith(b"value "):
+                    raise RuntimeError(f"get at offset {offset}: {header!r} {bytes(buf[body_at:total])!r}")
+                n = total - body_at
+                (length,) = struct.unpack_from(">i", buf, body_at)
+                if length != expected_length:
+                    raise RuntimeError(f"get at offset {offset}: a record of {length} bytes, "
+                                       f"expected {expected_length}")
+                complete = n - n % record_size
+                if complete == 0:
+                    raise RuntimeError(f"get at offset {offset}: no complete record in {n} bytes")
+                offset += complete
+                wire += total
+                records += complete
+                gets += 1
+        elapsed = (time.monotonic_ns() - t0) / 1e9
+        cpu = time.process_time() - cpu0
+        sock.close()
+        latencies.sort()
+        pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu, "wire_bytes": wire,
+                            "record_bytes": records, "gets": gets,
+                            "p50_ms": quantile(latencies, 0.5) / 1e6,
+                            "p99_ms": quantile(latencies, 0.99) / 1e6}))
+    except BaseException as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        pipe.close()
+
+
+def run_drain(port: int, topic: str, start: int, end: int, record_size: int, max_size: int,
+              passes: int, server_pid: int) -> dict:
+    """``passes`` sequential passes of ``get`` over [start, end) of ``topic`` partition 0."""
+    proc, pipe = _spawn(_drain_consumer, port, topic, start, end, record_size, max_size, passes)
+    try:
+        _expect(pipe, "ready", READY_TIMEOUT, "drain consumer")
+        cpu0, m0 = process_cpu_seconds(server_pid), time.monotonic_ns()
+        pipe.send(("go",))
+        result = _expect(pipe, "done", 600, "drain consumer")[1]
+        cpu1, m1 = process_cpu_seconds(server_pid), time.monotonic_ns()
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        pipe.close()
+    result["mb_per_s"] = result["record_bytes"] / result["elapsed"] / 1e6
+    result["client_cpu_cores"] = result["cpu_seconds"] / result["elapsed"]
+    result["server_cpu_cores"] = (None if cpu0 is None or cpu1 is None
+                                  else (cpu1 - cpu0) / ((m1 - m0) / 1e9))
+    return result
+
+
+def _raw_receiver(total: int, chunk: int, pipe) -> None:
+    try:
+        listener = socket.create_server((HOST, 0))
+        pipe.send(("ready", listener.getsockname()[1]))
+        sock, _ = listener.accept()
+        listener.close()
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        got = 0
+        cpu0, t0 = time.process_time(), time.monotonic_ns()
+        sock.sendall(b"g")                    # the sender starts now
+        while got < total:
+            n = sock.recv_into(view, min(chunk, total - got))
+            if not n:
+                raise ConnectionError(f"sender closed after {got} of {total} bytes")
+            got += n
+        elapsed = (time.monotonic_ns() - t0) / 1e9
+        cpu = time.process_time() - cpu0
+        sock.close()
+        pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu, "bytes": got}))
+    except BaseException as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        pipe.close()
+
+
+def _raw_sender(port: int, total: int, chunk: int, pipe) -> None:
+    try:
+        sock = socket.create_connection((HOST, port), timeout=30)
+        data = memoryview(os.urandom(chunk))
+        if sock.recv(1) != b"g":
+            raise ConnectionError("receiver did not give the start signal")
+        cpu0, t0 = time.process_time(), time.monotonic_ns()
+        left = total
+        while left > 0:
+            n = min(chunk, left)
+            sock.sendall(data[:n])
+            left -= n
+        elapsed = (time.monotonic_ns() - t0) / 1e9
+        cpu = time.process_time() - cpu0
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)                          # wait for the receiver to close
+        sock.close()
+        pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu}))
+    except BaseException as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        pipe.close()
+
+
+def run_raw_loopback(total: int, chunk: int) -> dict:
+    """Move ``total`` bytes from one Python process to another over loopback TCP."""
+    receiver, rpipe = _spawn(_raw_receiver, total, chunk)
+    sender = spipe = None
+    try:
+        port = _expect(rpipe, "ready", READY_TIMEOUT, "raw receiver")[1]
+        sender, spipe = _spawn(_raw_sender, port, total, chunk)
+        received = _expect(rpipe, "done", 600, "raw receiver")[1]
+        sent = _expect(spipe, "done", 60, "raw sender")[1]
+    finally:
+        for proc, pipe in ((receiver, rpipe), (sender, spipe)):
+            if proc is None:
+                continue
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            pipe.close()
+    elapsed = received["elapsed"]
+    return {"elapsed": elapsed, "bytes": received["bytes"],
+            "mb_per_s": received["bytes"] / elapsed / 1e6,
+            "receiver_cpu_cores": received["cpu_seconds"] / elapsed,
+            "sender_cpu_cores": sent["cpu_seconds"] / elapsed}
