@@ -1,6 +1,8 @@
 """The frames of the MetaQ text protocol (protocol §2–§5) as immutable events, and their encoders.
 
-One class per frame kind (h11 style). ``encode(event)`` turns any event into the exact bytes a
+One class per frame kind (h11 style). Events are plain slotted records, not frozen ones — a
+frozen attrs class costs four times as much to build, and two are built per put — so treat them
+as immutable by convention. ``encode(event)`` turns any event into the exact bytes a
 Java 1.4.4 peer sends; the decoders (``wire_py.FrameDecoder`` and its compiled twin
 ``_wire.FrameDecoder``) turn bytes into these events. Nothing here touches a socket, a clock or a
 thread.
@@ -33,7 +35,7 @@ class LocalProtocolError(MetaqError):
     status = 500
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Put:
     topic: str
     partition: int
@@ -45,7 +47,7 @@ class Put:
     length: int = attrs.field(default=0, eq=False)  # the announced body length
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Get:
     topic: str
     group: str
@@ -55,7 +57,7 @@ class Get:
     opaque: int
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class OffsetRequest:
     topic: str
     group: str
@@ -64,7 +66,7 @@ class OffsetRequest:
     opaque: int
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Sync:
     topic: str
     partition: int
@@ -76,7 +78,7 @@ class Sync:
     length: int = attrs.field(default=0, eq=False)
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Transaction:
     tx_key: str
     session_id: str
@@ -86,30 +88,30 @@ class Transaction:
     opaque: int
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Stats:
     item: str                # "" for the summary
     opaque: int = DEFAULT_OPAQUE
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Version:
     opaque: int = DEFAULT_OPAQUE
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Quit:
     pass
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Result:
     status: int
     body: bytes | None       # None when the length is 0 (the Java decoder reports "absent")
     opaque: int
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Value:
     data: bytes
     opaque: int

@@ -7,53 +7,23 @@ module computes ids only; it keeps no state on disk.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 
-from metaq_core.errors import ClockBackwardsError
+from metaq_core._ids import EPOCH_MS, IdGenerator
 
-EPOCH_MS = 1303895660503
 MAX_BROKER_ID = 1023
 _SEQUENCE_MASK = 0xFFF
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+class IdWorker(IdGenerator):
+    """Issues message ids for one broker (0..1023). Thread-safe (the compiled ``next_id`` is
+    atomic under the GIL). ``clock`` returns wall-clock milliseconds; tests inject one to turn
+    the clock back."""
 
-
-class IdWorker:
-    """Issues message ids for one broker. Thread-safe.
-
-    ``clock`` returns wall-clock milliseconds (injectable so tests can turn the clock back).
-    """
-
-    def __init__(self, broker_id: int = 0, *, clock: Callable[[], int] = _wall_ms) -> None:
+    def __init__(self, broker_id: int = 0, *, clock: Callable[[], int] | None = None) -> None:
         if isinstance(broker_id, bool) or not isinstance(broker_id, int) or not 0 <= broker_id <= MAX_BROKER_ID:
             raise ValueError(f"broker id must be an integer in 0..{MAX_BROKER_ID}, not {broker_id!r}")
-        self.broker_id = broker_id
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last_ms = -1
-        self._sequence = 0
-
-    def next_id(self) -> int:
-        with self._lock:
-            now = self._clock() if self._clock is not _wall_ms else time.time_ns() // 1_000_000
-            if now < self._last_ms:
-                raise ClockBackwardsError(
-                    f"clock moved backwards by {self._last_ms - now} ms; refusing to issue message ids")
-            if now == self._last_ms:
-                self._sequence = (self._sequence + 1) & _SEQUENCE_MASK
-                if self._sequence == 0:
-                    while now <= self._last_ms:  # 4096 ids this millisecond: wait for the next one
-                        now = self._clock()
-                        if now < self._last_ms:
-                            raise ClockBackwardsError("clock moved backwards while waiting")
-            else:
-                self._sequence = 0
-            self._last_ms = now
-            return ((now - EPOCH_MS) << 22) | (self.broker_id << 12) | self._sequence
+        super().__init__(broker_id, clock)
 
     def next_ids(self, count: int) -> list[int]:
         return [self.next_id() for _ in range(count)]

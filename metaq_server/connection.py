@@ -96,32 +96,43 @@ class Connection:
 
     async def _read_loop(self) -> None:
         with trio.CancelScope() as self._reader_scope:
-            while True:
-                while self.inflight >= MAX_INFLIGHT:  # the client does not read its answers
-                    self._progress = trio.Event()
-                    await self._progress.wait()
-                with trio.move_on_after(self.idle_timeout) as idle:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                if idle.cancelled_caught:
-                    if trio.current_time() - self._last_io >= self.idle_timeout:
-                        log.info("%s: idle for %.0f s, closing", self.peer, self.idle_timeout)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._idle_watch, nursery.cancel_scope)
+                await self._receive_frames()
+                nursery.cancel_scope.cancel()
+
+    async def _idle_watch(self, scope: trio.CancelScope) -> None:
+        """Close the connection after ``idle_timeout`` s without any I/O (§2.8); one timer per
+        connection instead of a cancel scope around every receive."""
+        while True:
+            idle = trio.current_time() - self._last_io
+            if idle >= self.idle_timeout:
+                log.info("%s: idle for %.0f s, closing", self.peer, self.idle_timeout)
+                scope.cancel()
+                return
+            await trio.sleep(self.idle_timeout - idle)
+
+    async def _receive_frames(self) -> None:
+        while True:
+            while self.inflight >= MAX_INFLIGHT:  # the client does not read its answers
+                self._progress = trio.Event()
+                await self._progress.wait()
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            self._last_io = trio.current_time()
+            self.decoder.receive_data(data)
+            try:
+                while True:
+                    event = self.decoder.next_event()
+                    if event is None:
+                        break
+                    if type(event) is Quit:
                         return
-                    continue
-                if not data:
-                    return
-                self._last_io = trio.current_time()
-                self.decoder.receive_data(data)
-                try:
-                    while True:
-                        event = self.decoder.next_event()
-                        if event is None:
-                            break
-                        if type(event) is Quit:
-                            return
-                        await self.broker.dispatch(self, event)
-                except RemoteProtocolError as exc:
-                    log.info("%s: protocol error, closing: %s", self.peer, exc)
-                    return
+                    await self.broker.dispatch(self, event)
+            except RemoteProtocolError as exc:
+                log.info("%s: protocol error, closing: %s", self.peer, exc)
+                return
 
     async def _drain(self) -> None:
         """Wait until every request read so far is answered and sent (quit, §2.7)."""
