@@ -30,6 +30,11 @@ from metaq_core.wire import (
 from metaq_server import stats as statsmod
 from metaq_server.config import BrokerConfig, TopicConfig
 from metaq_server.connection import IDLE_TIMEOUT, Connection
+from zkmeta.bridge import KazooException
+from zkmeta.registry import (
+    BrokerIdentity, BrokerRegistry, RegistrationError, TopicRegistration, advertised_host,
+    open_registry, startup_topics,
+)
 
 log = logging.getLogger("metaq.server")
 
@@ -85,6 +90,10 @@ class Broker:
         self._sink: TrioSink | None = None
         self._shutdown: trio.Event | None = None
         self.stopped: trio.Event | None = None  # set once run() has closed the store
+        #: The ZooKeeper registration while run() runs (None with zk.zkEnable=false).
+        self.registry: BrokerRegistry | None = None
+        #: Override of zk.zkSyncTimeMs in seconds (tests use 0); None = the config's value.
+        self.zk_sync_time: float | None = None
 
     # ------------------------------------------------------------------------------ config
 
@@ -121,45 +130,71 @@ class Broker:
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
                   handle_signals: bool = True) -> None:
-        """Serve until SIGTERM/SIGINT (or ``shutdown()``), then shut down gracefully."""
+        """Serve until SIGTERM/SIGINT (or ``shutdown()``), then shut down gracefully.
+
+        ZooKeeper (broker.md §3.4): connect first (a failure aborts startup, ZkConnectError),
+        register after listening (RegistrationError aborts startup and deletes nothing); at
+        shutdown unregister, close the session and wait zkSyncTimeMs before draining. With
+        zk.zkEnable=false there is no registry and no connection.
+        """
         self._shutdown = trio.Event()
         self.stopped = trio.Event()
         self._sink = None
-        if self.store is None:
-            await trio.to_thread.run_sync(self.open_store)
-        try:
-            async with trio.open_nursery() as nursery:
-                if handle_signals:
-                    nursery.start_soon(self._watch_signals)
-                async with trio.open_nursery() as conn_nursery:
-                    accept_scope = trio.CancelScope()
+        async with open_registry(self.config.zookeeper, sync_time=self.zk_sync_time) as registry:
+            self.registry = registry
+            if self.store is None:
+                await trio.to_thread.run_sync(self.open_store)
+            try:
+                async with trio.open_nursery() as nursery:
+                    if handle_signals:
+                        nursery.start_soon(self._watch_signals)
+                    async with trio.open_nursery() as conn_nursery:
+                        await self._serve(conn_nursery, registry, task_status)
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.registry = None
+                with trio.CancelScope(shield=True):
+                    log.info("broker %d: draining and syncing every partition", self.broker_id)
+                    await trio.to_thread.run_sync(self.store.close)
+                    self.stopped.set()
+                    log.info("broker %d stopped", self.broker_id)
 
-                    async def accept(*, task_status=trio.TASK_STATUS_IGNORED):
-                        with accept_scope:
-                            await trio.serve_tcp(self._handle, self.port, host=self.host,
-                                                 handler_nursery=conn_nursery, task_status=task_status)
+    async def _serve(self, conn_nursery: trio.Nursery, registry: BrokerRegistry | None,
+                     task_status: trio.TaskStatus) -> None:
+        """Listen, register, serve until shutdown; then unregister, stop accepting, let the
+        connections answer what they have read, and cancel what is left."""
+        accept_scope = trio.CancelScope()
 
-                    self.listeners = await conn_nursery.start(accept)
-                    self.port = self.listeners[0].socket.getsockname()[1]
-                    conn_nursery.start_soon(self._retention_loop)
-                    log.info("broker %d listening on %s:%d", self.broker_id, self.host, self.port)
-                    task_status.started(self)
-                    await self._shutdown.wait()
-                    log.info("broker %d shutting down: no new connections", self.broker_id)
-                    accept_scope.cancel()
-                    for conn in list(self.connections):
-                        conn.stop_reading()
-                    with trio.move_on_after(SHUTDOWN_GRACE):
-                        while self.connections:
-                            await trio.sleep(0.01)
-                    conn_nursery.cancel_scope.cancel()
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                log.info("broker %d: draining and syncing every partition", self.broker_id)
-                await trio.to_thread.run_sync(self.store.close)
-                self.stopped.set()
-                log.info("broker %d stopped", self.broker_id)
+        async def accept(*, task_status=trio.TASK_STATUS_IGNORED):
+            with accept_scope:
+                await trio.serve_tcp(self._handle, self.port, host=self.host,
+                                     handler_nursery=conn_nursery, task_status=task_status)
+
+        self.listeners = await conn_nursery.start(accept)
+        self.port = self.listeners[0].socket.getsockname()[1]
+        conn_nursery.start_soon(self._retention_loop)
+        log.info("broker %d listening on %s:%d", self.broker_id, self.host, self.port)
+        if registry is not None:
+            await registry.register(self.zk_identity(), startup_topics(self.config, self.store.topics()))
+        task_status.started(self)
+        await self._shutdown.wait()
+        if registry is not None:
+            # §3.4 shutdown 1-3: unregister, close the session, wait zkSyncTimeMs (still serving,
+            # so that clients notice and stop sending).
+            await registry.aclose()
+        log.info("broker %d shutting down: no new connections", self.broker_id)
+        accept_scope.cancel()
+        for conn in list(self.connections):
+            conn.stop_reading()
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            while self.connections:
+                await trio.sleep(0.01)
+        conn_nursery.cancel_scope.cancel()
+
+    def zk_identity(self) -> BrokerIdentity:
+        """What this broker publishes in ZooKeeper: ``meta://<host>:<port>`` and the checksum."""
+        host = advertised_host(self.config.system.host_name, self.host)
+        return BrokerIdentity.master(self.broker_id, host, self.port, self.config.config_checksum)
 
     def shutdown(self) -> None:
         if self._shutdown is not None:
@@ -183,13 +218,27 @@ class Broker:
             log.info("reload requested, but the broker runs without a config file")
             return
         try:
-            new_config, changed = await trio.to_thread.run_sync(self.config.reload, self.config_path)
+            result = await trio.to_thread.run_sync(self.config.reload, self.config_path)
         except (OSError, ValueError) as exc:
             log.error("reload failed, keeping the old configuration: %s", exc)
             return
-        self.config = new_config
+        self.config = result.config
         self._accepted.clear()
-        log.info("configuration reloaded: %d topic section(s) changed", len(changed))
+        log.info("configuration reloaded: %d topic section(s) changed", len(result.changed_sections))
+        if self.registry is not None and result.reloaded:
+            await self._reregister(result)
+
+    async def _reregister(self, result) -> None:
+        """§2.7 3d: re-register every topic whose effective configuration changed (topics of
+        removed sections are left as registered, as in Java), and publish the new checksum."""
+        topics = [t for t in startup_topics(self.config, self.store.topics())
+                  if result.topic_changed(t.topic)
+                  and getattr(self.config.topic_config(t.topic), "section", None) is not None]
+        try:
+            await self.registry.reregister_topics(topics)
+            await self.registry.update_config_checksum(self.config.config_checksum)
+        except (KazooException, RegistrationError) as exc:
+            log.error("reload: re-registration in ZooKeeper failed: %s", exc)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = Connection(self, stream, max_body=self.config.system.max_transfer_size,
@@ -279,6 +328,10 @@ class Broker:
                 plog = await trio.to_thread.run_sync(self.store.partition, topic, partition)
             except (MetaqError, OSError) as exc:
                 return self._fail_put(conn, event, partition, 500, f"put message failed: {exc}")
+            if self.registry is not None:
+                # §3.4 non-forced registration of an auto-created topic (no-op when known;
+                # never waits for ZooKeeper on the put path).
+                self.registry.register_topic_soon(TopicRegistration.from_topic_config(topic_config, topic))
         self.realtime.record("put", topic, f"{self.broker_id}-{partition}")
         self.realtime.record("message_size", topic, "*", len(data))
         reply = _PutReply(self, conn, event.opaque, topic, partition)

@@ -17,10 +17,6 @@ DEFAULT_DATA_DIR = os.path.join("~", "meta")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import trio
-
-    from metaq_core.errors import MetaqError
-    from metaq_server.broker import Broker
     from metaq_server.config import BrokerConfig, ConfigError
 
     try:
@@ -43,16 +39,61 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"metaq-trio: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.local:
+        return _serve_local(args, config)
+    return _run_broker(args, config)
+
+
+def _serve_local(args: argparse.Namespace, config) -> int:
+    """``serve --local`` (broker.md §8.2): a private ZooKeeper for this broker, started first
+    and stopped last, on the loopback port of ``zk.zkConnect`` (2181 without a config file;
+    ``--zk-port`` overrides, 0 = any free port)."""
+    import attrs
+
+    from metaq_server.local_zk import (
+        LocalZooKeeper, ZooKeeperNotInstalled, ZooKeeperStartError, loopback_port,
+    )
+
+    try:
+        port = args.zk_port if args.zk_port is not None else loopback_port(config.zookeeper.zk_connect)
+        server = LocalZooKeeper(port=port).start()
+    except (ValueError, ZooKeeperNotInstalled, ZooKeeperStartError) as exc:
+        print(f"metaq-trio: cannot start the local ZooKeeper: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(f"metaq-trio: local ZooKeeper at {server.connect_string} (data {server.data_dir})",
+              file=sys.stderr)
+        chroot = (config.zookeeper.zk_connect or "").partition("/")[2]
+        zookeeper = attrs.evolve(config.zookeeper, zk_enable=True,
+                                 zk_connect=server.connect_string + (f"/{chroot}" if chroot else ""))
+        return _run_broker(args, attrs.evolve(config, zookeeper=zookeeper))
+    finally:
+        server.stop()   # §3.4 shutdown step 8: after the broker has unregistered
+
+
+def _run_broker(args: argparse.Namespace, config) -> int:
+    import trio
+
+    from metaq_core.errors import MetaqError
+    from metaq_server.broker import Broker
+    from zkmeta.bridge import ZkConnectError
+    from zkmeta.registry import RegistrationError
+
     broker = Broker(config, config_path=args.config)
     try:
         broker.open_store()
     except (MetaqError, OSError, ValueError) as exc:
         print(f"metaq-trio: cannot open the data directory: {exc}", file=sys.stderr)
         return 2
+    failure: BaseException | None = None
     try:
         trio.run(broker.run)
-    except OSError as exc:
-        print(f"metaq-trio: {exc}", file=sys.stderr)
+    except* (ZkConnectError, RegistrationError, OSError) as group:
+        failure = group
+    while isinstance(failure, BaseExceptionGroup):   # trio nurseries wrap errors in groups
+        failure = failure.exceptions[0]
+    if failure is not None:
+        print(f"metaq-trio: {failure}", file=sys.stderr)
         return 1
     return 0
 
@@ -107,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT})")
     serve.add_argument("--data-dir", help=f"data directory (default {DEFAULT_DATA_DIR})")
+    serve.add_argument("--local", action="store_true",
+                       help="start a private ZooKeeper (Debian's zookeeper package) for this broker "
+                            "and register in it (port: zk.zkConnect's, else 2181)")
+    serve.add_argument("--zk-port", type=int,
+                       help="with --local: the ZooKeeper port (0 = any free port)")
     serve.set_defaults(run=_serve)
 
     for name, run, text in (("stats", _stats, "print a running broker's statistics"),

@@ -8,6 +8,7 @@ import os
 import pytest
 
 import metaq_core
+from zk_util import zk_hosts, zk_kazoo, zk_server  # noqa: F401  (the real ZooKeeper fixtures)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
