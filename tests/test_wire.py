@@ -233,5 +233,9 @@ def test_compiled_and_pure_decoders_agree(data, cuts):
 @settings(max_examples=200)
 @given(st.binary(max_size=300))
 def test_garbage_never_crashes(data):
+    # Any input ends in events or a RemoteProtocolError, never in another exception.
+    kinds = (Put, Get, OffsetRequest, Sync, Transaction, Stats, Version, Quit, Result, Value)
     for cls in (_wire.FrameDecoder, wire_py.FrameDecoder):
-        outcome(cls, [data])
+        events, rest = outcome(cls, [data])
+        assert all(isinstance(e, kinds) for e in events)
+        assert rest == "error" or 0 <= rest <= len(data)
