@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Awaitable
 import os
 import random
 import signal
@@ -253,13 +254,15 @@ class Broker:
 
     # --------------------------------------------------------------------------- dispatch
 
-    async def dispatch(self, conn: Connection, event: object) -> None:
+    def dispatch(self, conn: Connection, event: object) -> Awaitable[None] | None:
+        """Handle one request. Returns an awaitable only when the request must wait before the
+        next one on its connection may be read (a put that first creates its partition); the
+        connection awaits it, which keeps per-partition order without a coroutine per frame."""
         kind = type(event)
         if kind is Put:
             if event.tx_key is None:
-                await self._put(conn, event)
-            else:
-                self._transactional_put(conn, event)
+                return self._put(conn, event)
+            self._transactional_put(conn, event)
         elif kind is Get:
             self._get(conn, event)
         elif kind is OffsetRequest:
@@ -274,8 +277,8 @@ class Broker:
                                     event.opaque))
         elif kind is Transaction:
             self._transaction(conn, event)
-        elif kind is Result or kind is Value:
-            pass  # a stray response: nothing of ours is outstanding on this connection (§2.2)
+        # A stray Result or Value is dropped: nothing of ours is outstanding on a connection (§2.2).
+        return None
 
     def put_failed(self, topic: str, partition: int) -> None:
         self.counters.put_failed += 1
@@ -286,7 +289,7 @@ class Broker:
         log.info("%s-%d: put from %s refused: %s", event.topic, partition, conn.peer, text)
         conn.send(encode_result(status, text, event.opaque))
 
-    async def _put(self, conn: Connection, event: Put) -> None:
+    def _put(self, conn: Connection, event: Put) -> Awaitable[None] | None:
         self.counters.cmd_put += 1
         topic, partition = event.topic, event.partition
         if (topic, partition) in self.closed_partitions:
@@ -324,16 +327,29 @@ class Broker:
             return self._fail_put(conn, event, partition, 500, _CHECKSUM_FAILURE)
         plog = self.store.get_partition(topic, partition)
         if plog is None:
-            try:
-                plog = await trio.to_thread.run_sync(self.store.partition, topic, partition)
-            except (MetaqError, OSError) as exc:
-                return self._fail_put(conn, event, partition, 500, f"put message failed: {exc}")
-            if self.registry is not None:
-                # §3.4 non-forced registration of an auto-created topic (no-op when known;
-                # never waits for ZooKeeper on the put path).
-                self.registry.register_topic_soon(TopicRegistration.from_topic_config(topic_config, topic))
-        self.realtime.record("put", topic, f"{self.broker_id}-{partition}")
-        self.realtime.record("message_size", topic, "*", len(data))
+            return self._create_and_put(conn, event, topic_config, partition, msg_id, crc)
+        self._submit_put(conn, event, topic_config, plog, partition, msg_id, crc)
+        return None
+
+    async def _create_and_put(self, conn: Connection, event: Put, topic_config: TopicConfig,
+                              partition: int, msg_id: int, crc: int) -> None:
+        topic = event.topic
+        try:
+            plog = await trio.to_thread.run_sync(self.store.partition, topic, partition)
+        except (MetaqError, OSError) as exc:
+            return self._fail_put(conn, event, partition, 500, f"put message failed: {exc}")
+        if self.registry is not None:
+            # §3.4 non-forced registration of an auto-created topic (no-op when known;
+            # never waits for ZooKeeper on the put path).
+            self.registry.register_topic_soon(TopicRegistration.from_topic_config(topic_config, topic))
+        self._submit_put(conn, event, topic_config, plog, partition, msg_id, crc)
+
+    def _submit_put(self, conn: Connection, event: Put, topic_config: TopicConfig, plog: PartitionLog,
+                    partition: int, msg_id: int, crc: int) -> None:
+        topic, data = event.topic, event.data
+        if topic_config.stat:
+            self.realtime.record("put", topic, f"{self.broker_id}-{partition}")
+            self.realtime.record("message_size", topic, "*", len(data))
         reply = _PutReply(self, conn, event.opaque, topic, partition)
         try:
             reply.request = plog.submit([(data, event.flag, msg_id, crc)], self._trio_sink(), reply)

@@ -27,7 +27,8 @@ RECEIVE_SIZE = 256 * 1024
 
 
 class Connection:
-    """State of one TCP connection. ``broker.dispatch(conn, event)`` handles each frame."""
+    """State of one TCP connection. ``broker.dispatch(conn, event)`` handles each frame (and
+    returns an awaitable when the connection must wait before reading the next one)."""
 
     def __init__(self, broker, stream: trio.SocketStream, *, max_body: int,
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
@@ -129,7 +130,9 @@ class Connection:
                         break
                     if type(event) is Quit:
                         return
-                    await self.broker.dispatch(self, event)
+                    pending = self.broker.dispatch(self, event)
+                    if pending is not None:
+                        await pending
             except RemoteProtocolError as exc:
                 log.info("%s: protocol error, closing: %s", self.peer, exc)
                 return
