@@ -11,6 +11,14 @@ for trio code (this package) and for ordinary blocking code (``metaq_client.bloc
             await consumer.subscribe("orders", partitions=[0])
             async for message in consumer:
                 ...
+
+Through ZooKeeper (brokers, partitions, consumer groups and offsets as MetaQ 1.4.4 keeps them):
+
+    async with MetaqClient(zk_connect="127.0.0.1:2181", zk_root="/meta") as client:
+        async with client.producer() as producer:
+            await producer.send("orders", b"hello")           # partitions from brokers/topics-pub
+        async with client.consumer("billing") as consumer:    # group registration and balancing
+            await consumer.subscribe("orders", listener)      # offsets in consumers/billing/offsets
 """
 
 from metaq_client.client import MetaqClient
@@ -26,14 +34,17 @@ from metaq_client.offsets import LocalOffsetStorage, OffsetStorage, TopicPartiti
 from metaq_client.producer import Producer
 from metaq_client.recover import RecoverStore, drop, local_recover
 from metaq_client.selectors import HashSelector, PartitionSelector, RandomSelector, RoundRobinSelector
-from metaq_client.source import PartitionSource, StaticPartitionSource
+from metaq_client.source import GroupSource, PartitionSource, StaticPartitionSource
+from metaq_client.zk_offsets import ZkOffsetStorage
+from metaq_client.zk_source import ZkConfig, ZkPartitionSource
 
 __all__ = [
     "DEFAULT_MAX_SIZE", "BrokerError", "BrokerUnavailableError", "ClientClosedError", "ConnectionClosedError",
     "ConnectionSettings", "ConnectionStatistics", "Consumer", "ConsumerConfig", "ConsumptionInterrupted",
-    "HashSelector", "InvalidGroupError", "InvalidRecordError", "LocalOffsetStorage", "Message", "MessageSet",
+    "GroupSource", "HashSelector", "InvalidGroupError", "InvalidRecordError", "LocalOffsetStorage", "Message", "MessageSet",
     "MetaqClient", "MetaqClientError", "NoPartitionError", "OffsetStorage", "Partition", "PartitionAcks",
     "PartitionSelector", "PartitionSource", "Producer", "RandomSelector", "ReadOnlyMessageError",
     "RecoverStore", "RequestTimeoutError", "RoundRobinSelector", "SendResult", "StaticPartitionSource",
-    "TopicPartitionOffset", "drop", "local_recover", "validate_group",
+    "TopicPartitionOffset", "ZkConfig", "ZkOffsetStorage", "ZkPartitionSource", "drop", "local_recover",
+    "validate_group",
 ]

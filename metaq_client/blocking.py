@@ -2,7 +2,7 @@
 that runs in a thread of its own.
 
     from metaq_client import blocking
-    with blocking.Client("meta://127.0.0.1:8123") as client:
+    with blocking.Client("meta://127.0.0.1:8123") as client:   # or blocking.Client(zk_connect="zk:2181")
         with client.producer() as producer:
             result = producer.send("orders", b"hello")        # timeout 3 s by default
         with client.consumer("billing", offset_storage=...) as consumer:
@@ -39,6 +39,8 @@ from metaq_client.offsets import OffsetStorage, TopicPartitionOffset
 from metaq_client.recover import local_recover
 from metaq_client.selectors import PartitionSelector
 from metaq_client.source import PartitionSource
+from metaq_client.zk_source import ZkConfig
+from zkmeta.paths import DEFAULT_ROOT
 
 log = logging.getLogger("metaq.client")
 
@@ -264,6 +266,13 @@ class Consumer(_Closeable):
     def positions(self) -> list[TopicPartitionOffset]:
         return self._loop.run_sync(self._consumer.positions)
 
+    def assignment(self) -> dict[str, list[Partition]]:
+        return self._loop.run_sync(self._consumer.assignment)
+
+    @property
+    def consumer_id(self) -> str | None:
+        return self._loop.run_sync(lambda: self._consumer.consumer_id)
+
     def __iter__(self) -> Iterator[Message]:
         """Messages of subscriptions without a listener; ends when the consumer closes."""
         stream = self._loop.run_sync(self._consumer.__aiter__)
@@ -286,9 +295,12 @@ class Consumer(_Closeable):
 class Client:
     """The blocking face of ``metaq_client.MetaqClient``: a thread owns its trio loop."""
 
-    def __init__(self, source: str | PartitionSource, *, connection_settings: ConnectionSettings | None = None,
+    def __init__(self, source: str | PartitionSource | None = None, *, zk_connect: str | None = None,
+                 zk_root: str = DEFAULT_ROOT, zk_config: ZkConfig | None = None,
+                 connection_settings: ConnectionSettings | None = None,
                  recover_path: str | os.PathLike[str] = "~/.meta_recover") -> None:
-        self._loop = _Loop(lambda: aclient.MetaqClient(source, connection_settings=connection_settings,
+        chosen = aclient.make_source(source, zk_connect=zk_connect, zk_root=zk_root, zk_config=zk_config)
+        self._loop = _Loop(lambda: aclient.MetaqClient(chosen, connection_settings=connection_settings,
                                                        recover_path=recover_path))
 
     def producer(self, *, partition_selector: PartitionSelector | None = None,

@@ -11,14 +11,19 @@ delivered again next time (at-least-once). Messages the reject handler stores fo
 are redelivered by a background task. ``get`` is the synchronous pull API by partition and offset.
 
 In direct-connect mode the partitions of a subscription are the ones named in
-``subscribe(partitions=[...])``, else the source's list (see ``StaticPartitionSource``). The
-consumer never talks to ZooKeeper and never balances partitions between group members.
+``subscribe(partitions=[...])``, else the source's list (see ``StaticPartitionSource``). With a
+``GroupSource`` (ZooKeeper, ``MetaqClient(zk_connect=...)``) the consumer joins its group instead:
+``subscribe`` registers it with the topic and returns after the first rebalance, and from then on
+``rebalance.GroupMember`` decides which partitions it fetches (broker.md §3.6, §4.4), stopping the
+fetchers and committing their offsets before any ownership change. The consumer itself never talks
+to ZooKeeper.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -34,9 +39,13 @@ from metaq_client.listeners import Listener, MessageQueue, MessageStream, invoke
 from metaq_client.message import Message, MessageSet, Partition, decode_message_set
 from metaq_client.offsets import OffsetStorage, TopicPartitionOffset
 from metaq_client.recover import RecoverStore, local_recover
-from metaq_client.source import PartitionSource
+from metaq_client.source import GroupSource, PartitionSource
 from metaq_core.naming import validate_topic
 from metaq_core.wire import LONG_MAX, Get, Result
+from zkmeta.balance import Strategy
+
+if TYPE_CHECKING:
+    from metaq_client.rebalance import GroupMember
 
 log = logging.getLogger("metaq.client")
 
@@ -57,6 +66,10 @@ def validate_group(group: object) -> str:
     return group
 
 
+def _strategy(value: Strategy | str) -> Strategy:
+    return value if isinstance(value, Strategy) else Strategy.from_name(value)
+
+
 @attrs.frozen(kw_only=True)
 class ConsumerConfig:
     """Java ``ConsumerConfig`` settings (times in seconds)."""
@@ -69,6 +82,11 @@ class ConsumerConfig:
     commit_offset_period: float = 5.0
     recover_delay: float = 5.0
     recover_interval: float = 300.0
+    #: ZooKeeper mode: the consumer id suffix (``<group>_<consumer_id>``); None = 1.4.4's
+    #: ``<local IP>-<time ms>-<n>``.
+    consumer_id: str | None = None
+    #: ZooKeeper mode: ``Strategy.DEFAULT`` or ``Strategy.CONSIST`` (or their Java names).
+    load_balance_strategy: Strategy = attrs.field(default=Strategy.DEFAULT, converter=_strategy)
 
     @property
     def initial_offset(self) -> int:
@@ -79,7 +97,19 @@ class ConsumerConfig:
 @attrs.define
 class _Subscription:
     listener: Listener
+    max_size: int = DEFAULT_MAX_SIZE
     fetchers: list[PartitionFetcher] = attrs.Factory(list)
+
+
+@attrs.frozen
+class FetchAssignment:
+    """One partition a group member hands to the consumer: fetch it from ``url``, starting at
+    ``start``; ``modified`` says that ``start`` has not been committed yet."""
+
+    partition: Partition
+    url: str
+    start: TopicPartitionOffset
+    modified: bool = False
 
 
 class Consumer(NurseryOwner):
@@ -99,6 +129,18 @@ class Consumer(NurseryOwner):
         self._subscriptions: dict[str, _Subscription] = {}
         self._queue = MessageQueue()
         self._commit_lock = trio.Lock()
+        self._running: dict[PartitionFetcher, tuple[trio.CancelScope, trio.Event]] = {}
+        self._member: GroupMember | None = None
+
+    @property
+    def consumer_id(self) -> str | None:
+        """The id under which this consumer is registered in its group (ZooKeeper mode)."""
+        return self._member.consumer_id if self._member is not None else None
+
+    @property
+    def member(self) -> GroupMember | None:
+        """The group membership (ZooKeeper mode), None in direct-connect mode."""
+        return self._member
 
     def set_reject_handler(self, handler: RejectConsumptionHandler) -> None:
         """Who takes a message after ``max_fetch_retries`` failed deliveries (1.4.4); None is refused."""
@@ -118,6 +160,8 @@ class Consumer(NurseryOwner):
             await self.commit_offsets()
         except Exception:
             log.exception("group %s: the final offset commit failed", self.group)
+        if self._member is not None:
+            await self._member.leave()
 
     # ---------------------------------------------------------------- subscribing
 
@@ -125,33 +169,106 @@ class Consumer(NurseryOwner):
                         partitions: Sequence[int] | None = None, max_size: int = DEFAULT_MAX_SIZE) -> None:
         """Consume ``topic``: with ``listener``, or through ``async for`` when it is None.
 
-        ``partitions``: the partition numbers to consume (direct-connect); default: the source's."""
+        ``partitions``: the partition numbers to consume (direct-connect); default: the source's.
+        In ZooKeeper mode the group assigns the partitions: ``partitions`` must be None, and the
+        call returns once this consumer is registered and the first rebalance has run."""
         nursery = self._open_nursery()
         validate_topic(topic)
         if topic in self._subscriptions:
             raise ValueError(f"topic {topic!r} is already subscribed by this consumer")
-        subscription = self._subscriptions[topic] = _Subscription(listener or self._queue)
+        if isinstance(self._source, GroupSource):
+            if partitions is not None:
+                raise ValueError("with ZooKeeper the group assigns the partitions: subscribe without partitions")
+            return await self._join(nursery, topic, _Subscription(listener or self._queue, max_size))
+        subscription = self._subscriptions[topic] = _Subscription(listener or self._queue, max_size)
         try:
             chosen = await self._source.subscribe_partitions(topic, self._pool, partitions)
-            config = self.config
             for partition in chosen:
                 start = (await self.offset_storage.load(self.group, topic, partition)
-                         or TopicPartitionOffset(topic, partition, config.initial_offset))
-                fetcher = PartitionFetcher(
-                    pool=self._pool, url=self._source.broker_url(partition.broker_id), group=self.group,
-                    topic=topic, partition=partition, start=start, max_size=max_size,
-                    listener=subscription.listener, reject=self._reject,
-                    max_delay=config.max_delay_fetch_time, max_fetch_retries=config.max_fetch_retries,
-                    max_increase_fetch_data_retries=config.max_increase_fetch_data_retries)
+                         or TopicPartitionOffset(topic, partition, self.config.initial_offset))
+                fetcher = self._new_fetcher(topic, subscription,
+                                            FetchAssignment(partition, self._source.broker_url(partition.broker_id),
+                                                            start))
                 subscription.fetchers.append(fetcher)
-                log.info("group %s: consuming %s from offset %d", self.group, fetcher.name, start.offset)
         except BaseException:
             del self._subscriptions[topic]
             raise
         if not subscription.fetchers:
             log.warning("group %s: topic %s has no partition to consume", self.group, topic)
         for fetcher in subscription.fetchers:
-            nursery.start_soon(fetcher.run, name=f"metaq fetch {fetcher.name}")
+            self._launch(fetcher)
+
+    async def _join(self, nursery: trio.Nursery, topic: str, subscription: _Subscription) -> None:
+        if self._member is None:
+            member = self._source.group_member(self)
+            await nursery.start(member.run)
+            self._member = member
+        self._subscriptions[topic] = subscription
+        await self._member.subscribe(topic)
+
+    def _new_fetcher(self, topic: str, subscription: _Subscription, assigned: FetchAssignment) -> PartitionFetcher:
+        config = self.config
+        fetcher = PartitionFetcher(
+            pool=self._pool, url=assigned.url, group=self.group, topic=topic, partition=assigned.partition,
+            start=assigned.start, max_size=subscription.max_size, listener=subscription.listener,
+            reject=self._reject, max_delay=config.max_delay_fetch_time, max_fetch_retries=config.max_fetch_retries,
+            max_increase_fetch_data_retries=config.max_increase_fetch_data_retries)
+        fetcher.modified = assigned.modified
+        log.info("group %s: consuming %s from offset %d (%s)", self.group, fetcher.name, assigned.start.offset,
+                 assigned.url)
+        return fetcher
+
+    def _launch(self, fetcher: PartitionFetcher) -> None:
+        scope, finished = trio.CancelScope(), trio.Event()
+        self._running[fetcher] = (scope, finished)
+        self._open_nursery().start_soon(self._run_fetcher, fetcher, scope, finished,
+                                        name=f"metaq fetch {fetcher.name}")
+
+    async def _run_fetcher(self, fetcher: PartitionFetcher, scope: trio.CancelScope, finished: trio.Event) -> None:
+        try:
+            with scope:
+                await fetcher.run()
+        finally:
+            self._running.pop(fetcher, None)
+            finished.set()
+
+    # ------------------------------------------------- what the group member drives
+
+    def _topics(self) -> list[str]:
+        """The subscribed topics, in subscription order (the registration data)."""
+        return list(self._subscriptions)
+
+    async def _stop_fetchers(self) -> None:
+        """Stop every fetcher and wait until it has (broker.md §4.8): a delivery in progress is
+        cancelled and its message not counted as consumed; positions stay for the commit."""
+        running = list(self._running.values())
+        for scope, _ in running:
+            scope.cancel()
+        for _, finished in running:
+            await finished.wait()
+
+    def _fetchers_of(self, topic: str) -> dict[Partition, PartitionFetcher]:
+        subscription = self._subscriptions.get(topic)
+        return {f.partition: f for f in subscription.fetchers} if subscription else {}
+
+    def _assign(self, plan: Mapping[str, Sequence[FetchAssignment]]) -> None:
+        """Fetch exactly the partitions of ``plan`` (fetchers must be stopped first)."""
+        if self._running:
+            raise RuntimeError("fetchers must be stopped before the partitions are reassigned")
+        for topic, subscription in self._subscriptions.items():
+            subscription.fetchers = [self._new_fetcher(topic, subscription, a) for a in plan.get(topic, ())]
+            for fetcher in subscription.fetchers:
+                self._launch(fetcher)
+
+    def _forget_fetchers(self) -> None:
+        """Drop every (stopped) fetcher and its position without committing it."""
+        for subscription in self._subscriptions.values():
+            subscription.fetchers = []
+
+    def assignment(self) -> dict[str, list[Partition]]:
+        """The partitions this consumer fetches now (fetchers running), by topic."""
+        return {topic: sorted(f.partition for f in s.fetchers if f in self._running)
+                for topic, s in self._subscriptions.items()}
 
     def __aiter__(self) -> MessageStream:
         """``async for message in consumer``: the messages of subscriptions without a listener."""
@@ -223,7 +340,11 @@ class Consumer(NurseryOwner):
         out-of-range offset is moved as the broker says (301); garbage raises InvalidRecordError."""
         self._open_nursery()
         if not isinstance(partition, Partition):
-            (partition,) = await self._source.subscribe_partitions(topic, self._pool, [partition])
+            found = await self._source.subscribe_partitions(topic, self._pool, [partition])
+            if len(found) != 1:
+                raise ValueError(f"partition number {partition} of {topic!r} names {len(found)} partitions "
+                                 f"({', '.join(map(str, found)) or 'none'}): pass a Partition(broker_id, number)")
+            (partition,) = found
         url = self._source.broker_url(partition.broker_id)
         for _ in range(3):
             answer = await self._pool.request(url, Get(topic, self.group, partition.partition, offset, max_size, 0))

@@ -2,20 +2,26 @@
 
 Producers ask it which partitions to publish to, consumers which partitions to consume, and both
 which URL serves a broker id. ``StaticPartitionSource`` is direct-connect mode (one fixed broker
-URL, no ZooKeeper); discovery through ZooKeeper will be another implementation of the same
-protocol. A source answers questions; it never sends messages or keeps offsets.
+URL, no ZooKeeper). A ``GroupSource`` also has a session to open with the client (``bind``) and
+balances consumer groups: ``zk_source.ZkPartitionSource`` is that (discovery through ZooKeeper).
+A source answers questions; it never sends messages or keeps offsets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from metaq_client.connection import ConnectionPool, parse_url
 from metaq_client.message import Partition
 from metaq_client.stats import broker_stats, parse_offsets
+
+if TYPE_CHECKING:
+    from metaq_client.consumer import Consumer
+    from metaq_client.offsets import OffsetStorage
 
 
 class PartitionSource(Protocol):
@@ -30,6 +36,20 @@ class PartitionSource(Protocol):
                                    numbers: Sequence[int] | None = None) -> list[Partition]:
         """The partitions this client consumes of ``topic``; ``numbers`` are the partition
         numbers the application asked for, when it named them."""
+
+
+@runtime_checkable
+class GroupSource(PartitionSource, Protocol):
+    """A source with a session of its own whose consumers balance partitions in their group."""
+
+    def bind(self, pool: ConnectionPool) -> AbstractAsyncContextManager[None]:
+        """Open the session for the client that owns ``pool``; close it on exit."""
+
+    def group_member(self, consumer: Consumer) -> Any:
+        """The group membership that assigns ``consumer`` its partitions (``rebalance.GroupMember``)."""
+
+    def default_offset_storage(self) -> OffsetStorage:
+        """Where this source's consumers keep offsets unless told otherwise."""
 
 
 @attrs.frozen
