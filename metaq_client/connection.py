@@ -118,11 +118,12 @@ class Connection:
         self.closed = False
 
     async def request(self, event: Event) -> Result | Value:
-        """Send ``event`` with a fresh opaque and wait for its answer."""
+        """Send ``event`` with a fresh opaque (set on the event: callers pass a new one each time)
+        and wait for its answer."""
         if self.closed:
             raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
-        opaque = next_opaque()
-        frame = encode(attrs.evolve(event, opaque=opaque))
+        opaque = event.opaque = next_opaque()
+        frame = encode(event)
         pending = _Pending()
         self._pending[opaque] = pending
         self._counters.requests += 1

@@ -45,6 +45,7 @@ class Producer(NurseryOwner):
         self._source = source
         self._selector = partition_selector or RoundRobinSelector()
         self.default_topic = default_topic
+        self._valid_topics: set[str] = set()  # names already checked by validate_topic
 
     def set_default_topic(self, topic: str | None) -> None:
         """Publish topics without partitions of their own to ``topic``'s partitions (1.4.4)."""
@@ -58,7 +59,9 @@ class Producer(NurseryOwner):
                            partition_selector: PartitionSelector | None = None) -> SendResult:
         """Send ``message``; on success its ``id`` is set."""
         self._open_nursery()
-        validate_topic(message.topic)
+        if message.topic not in self._valid_topics:
+            validate_topic(message.topic)
+            self._valid_topics.add(message.topic)
         partition = await self._route(message, partition_selector or self._selector)
         flag, data = message.data()
         put = Put(message.topic, partition.partition, flag, record.checksum(data), None, 0, data)

@@ -9,6 +9,8 @@ A source answers questions; it never sends messages or keeps offsets.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -80,7 +82,7 @@ class StaticPartitionSource:
 
     async def publish_partitions(self, topic: str, pool: ConnectionPool) -> list[Partition]:
         if self.topics is None:
-            return [Partition(self.broker_id, -1)]
+            return _any_partition(self.broker_id)
         return self._partitions(self.topics.get(topic, ()))
 
     async def subscribe_partitions(self, topic: str, pool: ConnectionPool,
@@ -94,3 +96,9 @@ class StaticPartitionSource:
 
     def _partitions(self, numbers: Sequence[int]) -> list[Partition]:
         return [Partition(self.broker_id, n) for n in sorted(set(numbers))]
+
+
+@functools.lru_cache(maxsize=64)
+def _any_partition(broker_id: int) -> list[Partition]:
+    """``[<brokerId>--1]``: "the broker picks"; one shared list per broker (callers only read it)."""
+    return [Partition(broker_id, -1)]
