@@ -19,8 +19,9 @@ if __package__ in (None, ""):   # run as a script: make `bench` and `metaq_core`
 
 from bench.common import DEFAULT_OUT_DIR, RunContext, machine_info, print_tables, progress, save_part
 
-PARTS = {"core": "bench.core", "broker": "bench.broker", "client": "bench.client"}
-PLANNED = ("cluster", "peers")
+PARTS = {"core": "bench.core", "broker": "bench.broker", "client": "bench.client",
+         "cluster": "bench.cluster"}
+PLANNED = ("peers",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

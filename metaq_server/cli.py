@@ -1,4 +1,5 @@
-"""The ``metaq-trio`` command line: ``serve`` runs a broker; ``stats`` and ``version`` ask one.
+"""The ``metaq-trio`` command line: ``serve`` runs a broker; ``stats`` and ``version`` ask one;
+``zk`` runs the local ZooKeeper of ``serve --local`` on its own.
 
 argparse (standard library) is enough for a handful of subcommands and flags. Configuration
 errors exit with status 2 and one line on stderr, never a traceback.
@@ -98,6 +99,51 @@ def _run_broker(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def _zk(args: argparse.Namespace) -> int:
+    """``metaq-trio zk``: the private ZooKeeper of ``serve --local`` on its own, in the
+    foreground, until SIGINT or SIGTERM; then stopped cleanly (exit 0). A given ``--data-dir``
+    is kept (sessions and znodes survive a restart); without one a temporary directory is used
+    and removed at the end."""
+    import signal
+    import threading
+
+    from metaq_server.local_zk import (
+        INSTALL_HINT, LocalZooKeeper, ZooKeeperNotInstalled, ZooKeeperStartError,
+    )
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    data_dir = os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else None
+    server = LocalZooKeeper(port=args.port, data_dir=data_dir)
+    try:
+        try:
+            server.start()
+        except ZooKeeperNotInstalled as exc:   # one line that ends with the apt-get command
+            message = str(exc) if INSTALL_HINT in str(exc) else f"{exc}; install it with: {INSTALL_HINT}"
+            print(f"metaq-trio: {message}", file=sys.stderr)
+            return 2
+        except (ZooKeeperStartError, OSError) as exc:
+            print(f"metaq-trio: cannot start the local ZooKeeper: {exc}", file=sys.stderr)
+            return 1
+        print(server.connect_string, flush=True)
+        print(f"metaq-trio: ZooKeeper at {server.connect_string} (pid {server.pid}, data "
+              f"{server.data_dir}); stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            if not server.running:
+                print(f"metaq-trio: ZooKeeper exited unexpectedly (log: {server.log_file})",
+                      file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        server.stop(keep_data=data_dir is not None)   # SIGTERM, SIGKILL after 5 s
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def request(host: str, port: int, frame: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
     """Send one request frame and return (status, body) of its ``result`` (blocking; CLI use)."""
     from metaq_core.wire import FrameDecoder, Result
@@ -154,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--zk-port", type=int,
                        help="with --local: the ZooKeeper port (0 = any free port)")
     serve.set_defaults(run=_serve)
+
+    zk = sub.add_parser("zk", help="run the local ZooKeeper of serve --local on its own, in the foreground")
+    zk.add_argument("--port", type=int, default=2181, help="port (default 2181; 0 = any free port)")
+    zk.add_argument("--data-dir", help="data directory, kept at exit (default: a temporary one, removed)")
+    zk.set_defaults(run=_zk)
 
     for name, run, text in (("stats", _stats, "print a running broker's statistics"),
                             ("version", _version, "print a running broker's version")):
