@@ -524,3 +524,35 @@ async def test_client_arguments() -> None:
         ConsumerConfig(load_balance_strategy="consist")
     with pytest.raises(MetaqClientError):   # not open yet
         MetaqClient(zk_connect="h:1").producer()
+
+
+async def test_update_consumer_offsets_moves_a_group_past_the_end(zk_hosts, zk_kazoo, tmp_path) -> None:
+    # broker.md §4.6: an offset beyond the end is answered 301 <max> by a broker with
+    # updateConsumerOffsets=true; the consumer moves there and commits it to ZooKeeper.
+    async with trio.open_nursery() as nursery:
+        data_dir = tmp_path / "broker-1"
+        data_dir.mkdir()
+        config = make_config(str(data_dir), BROKER_INI.format(broker_id=1, hosts=zk_hosts, partitions=1),
+                             update_consumer_offsets=True)
+        broker = Broker(config)
+        broker.zk_sync_time = 0.0
+        await nursery.start(functools.partial(broker.run, handle_signals=False))
+        try:
+            async with zk_client(zk_hosts, tmp_path) as client, client.producer() as producer:
+                old = await publish(producer, [b"old-%d" % i for i in range(3)])
+                end = old[-1].offset + 20 + len(b"old-2")
+                await kz(zk_kazoo.create, "/meta/consumers/g/offsets/orders/1-0", b"-1-999999", makepath=True)
+                got: list[bytes] = []
+                async with client.consumer("g", FAST) as consumer:
+                    await consumer.subscribe(TOPIC, collector(got))
+
+                    async def moved() -> bool:
+                        return any(p.offset == end for p in consumer.positions())
+                    await wait_for(moved)
+                    await publish(producer, [b"new"])
+                    await consumed_all(got, [b"new"])
+                    assert got == [b"new"]  # nothing before the end was delivered
+                stored = (await kz(zk_kazoo.get, "/meta/consumers/g/offsets/orders/1-0"))[0].decode()
+                assert stored.rsplit("-", 1)[1] == str(end + 20 + len(b"new"))
+        finally:
+            broker.shutdown()
