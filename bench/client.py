@@ -350,11 +350,7 @@ def run_client_puts(case: ClientCase, port: int, broker_pid: int, warmup: float,
         cpu1, busy1, m1 = loadgen.process_cpu_seconds(broker_pid), loadgen.machine_busy_seconds(), time.monotonic_ns()
         result = loadgen._expect(pipe, "done", window + TAIL_TIMEOUT + 60, case.label)[1]
     finally:
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        pipe.close()
+        loadgen.reap([(proc, pipe)])
     latencies = array.array("q")
     latencies.frombytes(result.pop("latencies"))
     ordered = sorted(latencies)
@@ -599,14 +595,7 @@ def run_latency(setup: ConsumerSetup, rate: int, port: int, broker_pid: int, gro
         cpipe.send(("expect", sent["ok_in_window"], tail))
         got = loadgen._expect(cpipe, "done", tail + 60, "latency consumer")[1]
     finally:
-        for proc, pipe in ((producer, ppipe), (consumer, cpipe)):
-            if proc is None:
-                continue
-            proc.join(timeout=15)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            pipe.close()
+        loadgen.reap([(producer, ppipe), (consumer, cpipe)], timeout=15)
     from_send, from_schedule, lag, acked = (array.array("q") for _ in range(4))
     from_send.frombytes(got.pop("from_send"))
     from_schedule.frombytes(got.pop("from_schedule"))

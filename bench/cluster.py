@@ -261,12 +261,7 @@ def run_spread_puts(brokers: list[ClusterBroker], zk_pid: int | None, timing: Ti
         results = [loadgen._expect(pipe, "done", timing.window + loadgen.TAIL_TIMEOUT + 30,
                                    "put worker")[1] for _, pipe in workers]
     finally:
-        for proc, pipe in workers:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            pipe.close()
+        loadgen.reap(workers)
     import array
     latencies = array.array("q")
     for r in results:

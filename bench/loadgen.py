@@ -379,6 +379,19 @@ def _spawn(target, *args):
     return proc, parent
 
 
+def reap(children, timeout: float = 10.0) -> None:
+    """Join each (process, pipe) child (None processes are skipped), killing one that has not
+    exited within ``timeout`` s, and close its pipe."""
+    for proc, pipe in children:
+        if proc is None:
+            continue
+        proc.join(timeout=timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        pipe.close()
+
+
 def _expect(pipe, kind: str, timeout: float, what: str):
     if not pipe.poll(timeout):
         raise TimeoutError(f"{what}: no {kind!r} message within {timeout:g} s")
@@ -436,12 +449,7 @@ def run_puts(load: PutLoad, warmup: float, window: float, server_pids: dict[str,
         results = [_expect(pipe, "done", window + TAIL_TIMEOUT + 30, f"{load.protocol} worker")[1]
                    for _, pipe in workers]
     finally:
-        for proc, pipe in workers:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            pipe.close()
+        reap(workers)
     latencies = array.array("q")
     for r in results:
         latencies.frombytes(r.pop("latencies"))
@@ -566,11 +574,7 @@ def run_drain(port: int, topic: str, start: int, end: int, record_size: int, max
         result = _expect(pipe, "done", 600, "drain consumer")[1]
         cpu1, m1 = process_cpu_seconds(server_pid), time.monotonic_ns()
     finally:
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        pipe.close()
+        reap([(proc, pipe)])
     result["mb_per_s"] = result["record_bytes"] / result["elapsed"] / 1e6
     result["client_cpu_cores"] = result["cpu_seconds"] / result["elapsed"]
     result["server_cpu_cores"] = (None if cpu0 is None or cpu1 is None
@@ -638,14 +642,7 @@ def run_raw_loopback(total: int, chunk: int) -> dict:
         received = _expect(rpipe, "done", 600, "raw receiver")[1]
         sent = _expect(spipe, "done", 60, "raw sender")[1]
     finally:
-        for proc, pipe in ((receiver, rpipe), (sender, spipe)):
-            if proc is None:
-                continue
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            pipe.close()
+        reap([(receiver, rpipe), (sender, spipe)])
     elapsed = received["elapsed"]
     return {"elapsed": elapsed, "bytes": received["bytes"],
             "mb_per_s": received["bytes"] / elapsed / 1e6,
