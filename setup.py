@@ -1,4 +1,4 @@
-"""Build the Cython extensions of metaq_core (every metaq_core/*.pyx, linked with zlib)."""
+"""Build the Cython extensions (every metaq_core/*.pyx and metaq_server/*.pyx, linked with zlib)."""
 import glob
 import os
 
@@ -10,12 +10,12 @@ DEBUG = os.environ.get("METAQ_CYTHON_DEBUG") == "1"
 
 extensions = [
     Extension(
-        "metaq_core." + os.path.splitext(os.path.basename(path))[0],
+        os.path.dirname(path) + "." + os.path.splitext(os.path.basename(path))[0],
         [path],
         libraries=["z"],
         extra_compile_args=["-O2"] if not DEBUG else ["-O0", "-g"],
     )
-    for path in sorted(glob.glob("metaq_core/*.pyx"))
+    for path in sorted(glob.glob("metaq_core/*.pyx") + glob.glob("metaq_server/*.pyx"))
 ]
 
 setup(

@@ -72,6 +72,7 @@ cdef class FrameDecoder:
     cdef Py_ssize_t _length        # its announced length
     cdef tuple _fields
     cdef bint _oversize
+    cdef bint _raw                 # the current call is next_raw(): a put comes as a tuple
     cdef Py_ssize_t _skip
     cdef Py_ssize_t _starts[MAX_TOKENS]
     cdef Py_ssize_t _lens[MAX_TOKENS]
@@ -133,6 +134,18 @@ cdef class FrameDecoder:
         return True
 
     def next_event(self):
+        """The next complete event, or None."""
+        self._raw = False
+        return self._next()
+
+    def next_raw(self):
+        """As ``next_event``, except that a plain put (no transaction key) comes as the tuple
+        ``(topic, partition, flag, checksum, opaque, data, length)`` instead of a ``Put``: the
+        broker's compiled put path takes it apart without building an event object."""
+        self._raw = True
+        return self._next()
+
+    cdef object _next(self):
         cdef char* base
         cdef Py_ssize_t size, pos, line_end, i, count
         cdef const char* hit
@@ -260,6 +273,8 @@ cdef class FrameDecoder:
             del self._buf[:]
             self._pos = 0
         if kind == KIND_PUT:
+            if self._raw and f[4] is None:
+                return (f[0], f[1], f[2], f[3], f[5], data, length)
             return Put(f[0], f[1], f[2], f[3], f[4], f[5], data, length)
         if kind == KIND_SYNC:
             return Sync(f[0], f[1], f[2], f[3], f[4], f[5], data, length)

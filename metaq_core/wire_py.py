@@ -87,6 +87,15 @@ class FrameDecoder:
                 return out
             out.append(event)
 
+    def next_raw(self):
+        """As ``next_event``, except that a plain put (no transaction key) comes as the tuple
+        ``(topic, partition, flag, checksum, opaque, data, length)`` instead of a ``Put``."""
+        event = self.next_event()
+        if type(event) is Put and event.tx_key is None:
+            return (event.topic, event.partition, event.flag, event.checksum, event.opaque,
+                    event.data, event.length)
+        return event
+
     def next_event(self):
         buf = self._buf
         if self._pending is not None:

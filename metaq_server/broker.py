@@ -29,6 +29,7 @@ from metaq_core.wire import (
     encode_result, encode_value_header,
 )
 from metaq_server import stats as statsmod
+from metaq_server._puts import PutIntake, Route
 from metaq_server.config import BrokerConfig, TopicConfig
 from metaq_server.connection import IDLE_TIMEOUT, Connection
 from zkmeta.bridge import KazooException
@@ -86,7 +87,13 @@ class Broker:
         self.closed_partitions: set[tuple[str, int]] = set()
         self.store: LogStore | None = None
         self.idle_timeout = IDLE_TIMEOUT
+        #: Plain puts go through the compiled put path (False: each through dispatch, as the
+        #: pure-Python build does; tests compare both).
+        self.compiled_puts = os.environ.get("METAQ_PURE_PYTHON") != "1"
         self._accepted: dict[str, TopicConfig] = {}
+        #: What the compiled put path knows of each topic it may serve alone (see _puts.pyx);
+        #: a topic gets its route, and each partition its log, on its first put here.
+        self.routes: dict[str, Route] = {}
         self.listeners: list[trio.SocketListener] = []
         self._sink: TrioSink | None = None
         self._shutdown: trio.Event | None = None
@@ -225,6 +232,7 @@ class Broker:
             return
         self.config = result.config
         self._accepted.clear()
+        self.routes.clear()
         log.info("configuration reloaded: %d topic section(s) changed", len(result.changed_sections))
         if self.registry is not None and result.reloaded:
             await self._reregister(result)
@@ -280,9 +288,27 @@ class Broker:
         # A stray Result or Value is dropped: nothing of ours is outstanding on a connection (§2.2).
         return None
 
-    def put_failed(self, topic: str, partition: int) -> None:
-        self.counters.put_failed += 1
-        self.realtime.record("put_failed", topic, f"{self.broker_id}-{partition}")
+    def put_intake(self, conn: Connection) -> PutIntake | None:
+        """The compiled put path for a new connection (None: every put goes through dispatch)."""
+        if not self.compiled_puts:
+            return None
+        return PutIntake(self, conn, self.routes, self.store.ids.next_id, self._trio_sink(),
+                         self.config.system.max_transfer_size, random.getrandbits(64))
+
+    def put_failed(self, topic: str, partition: int, count: int = 1) -> None:
+        self.counters.put_failed += count
+        self.realtime.record("put_failed", topic, f"{self.broker_id}-{partition}", count, count)
+
+    def puts_failed(self, conn: Connection, topic: str, partition: int, count: int,
+                    error: BaseException) -> None:
+        """A batch of the compiled put path failed in the store (the caller answers 500)."""
+        self.put_failed(topic, partition, count)
+        log.error("%s-%d: %d put(s) from %s failed: %s", topic, partition, count, conn.peer, error)
+
+    def record_puts(self, topic: str, partition: int, count: int, nbytes: int) -> None:
+        """Realtime statistics of a batch of the compiled put path (topics with stat=true)."""
+        self.realtime.record("put", topic, f"{self.broker_id}-{partition}", count, count)
+        self.realtime.record("message_size", topic, "*", nbytes, count)
 
     def _fail_put(self, conn: Connection, event: Put, partition: int, status: int, text: str) -> None:
         self.put_failed(event.topic, partition)
@@ -356,6 +382,10 @@ class Broker:
         except MetaqError as exc:
             return self._fail_put(conn, event, partition, 500, f"put message failed: {exc}")
         conn.begin()
+        route = self.routes.get(topic)
+        if route is None:
+            route = self.routes[topic] = Route(topic_config.num_partitions, topic_config.stat)
+        route.logs[partition] = plog  # later puts to it take the compiled path
 
     def _trio_sink(self) -> TrioSink:
         if self._sink is None:

@@ -40,6 +40,7 @@ class Connection:
         except OSError:
             self.peer = "?"
         self.decoder = FrameDecoder(max_body=max_body)
+        self.intake = broker.put_intake(self)
         self.idle_timeout = idle_timeout
         self.inflight = 0
         self._out: collections.deque[bytes | Slice] = collections.deque()
@@ -65,8 +66,15 @@ class Connection:
         """A request whose answer will come later (a put waiting for its group commit)."""
         self.inflight += 1
 
+    def begin_many(self, count: int) -> None:
+        self.inflight += count
+
     def finish(self, data: bytes) -> None:
-        self.inflight -= 1
+        self.finish_many(1, data)
+
+    def finish_many(self, count: int, data: bytes) -> None:
+        """``count`` requests begun earlier are answered by ``data``."""
+        self.inflight -= count
         self.send(data)
         self._progress.set()
 
@@ -114,6 +122,7 @@ class Connection:
             await trio.sleep(self.idle_timeout - idle)
 
     async def _receive_frames(self) -> None:
+        intake = self.intake
         while True:
             while self.inflight >= MAX_INFLIGHT:  # the client does not read its answers
                 self._progress = trio.Event()
@@ -125,7 +134,10 @@ class Connection:
             self.decoder.receive_data(data)
             try:
                 while True:
-                    event = self.decoder.next_event()
+                    if intake is not None:  # plain puts are batched there; the rest comes here
+                        event = intake.take(self.decoder)
+                    else:
+                        event = self.decoder.next_event()
                     if event is None:
                         break
                     if type(event) is Quit:

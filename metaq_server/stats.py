@@ -89,13 +89,14 @@ class RealTimeStats:
     def duration(self) -> int:
         return int(self._clock() - self._since)
 
-    def record(self, item: str, topic: str, key3: str, value: float = 1) -> None:
+    def record(self, item: str, topic: str, key3: str, value: float = 1, count: int = 1) -> None:
+        """Count ``count`` events of ``item`` whose values sum to ``value``."""
         if not self.enabled_for(topic):
             return
         self._maybe_expire()
         with self._lock:
             cell = self._table.setdefault(item, {}).setdefault(topic, {}).setdefault(key3, [0, 0])
-            cell[0] += 1
+            cell[0] += count
             cell[1] += value
 
     def _sum(self, item: str, topic: str | None) -> tuple[int, float] | None | str:
