@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 
 from bench import loadgen
+from bench.rawio import fdatasync_rate
 from bench.common import (
     MIB,
     PROJECT_ROOT,
@@ -68,6 +69,7 @@ LOAD_POINTS = ((1, 1, 1), (16, 1, 2), (50, 16, 2))
 
 PUT_TARGET = 1.0            # durable puts at 50×16: metaq ÷ Redis appendfsync always
 DRAIN_TARGET = 0.5          # drain ÷ raw loopback
+FSYNC_TARGET = 20.0         # durable puts at 50×16 ÷ raw fdatasync/s of the same disk
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 
@@ -461,15 +463,31 @@ def measure_drain(ctx: RunContext, timing: Timing) -> dict:
     }
 
 
+def measure_fdatasync(ctx: RunContext, timing: Timing, reps: int) -> dict:
+    """The disk's own rate of 4 KiB write + fdatasync in the data directory (median of reps):
+    what one fsync per message would allow, the yardstick of group commit."""
+    rates = []
+    with data_dir(ctx.data_root, "fsync-") as directory:
+        for _ in range(reps):
+            rate = fdatasync_rate(os.path.join(directory, "probe"), timing.window / 2)
+            rates.append(rate.per_second)
+    progress(f"broker: raw fdatasync of the data disk: {median(rates):,.0f}/s")
+    return {"per_s": figure(median(rates), "1/s"), "runs": [figure(r, "1/s") for r in rates],
+            "block": figure(4096, "B")}
+
+
 # ------------------------------------------------------------------ targets and tables
 
 def targets(data: dict) -> list[Target]:
     found = []
-    if data["redis"]["available"]:
-        for entry in data["puts"]:
-            if entry["mode"] == "durable" and (entry["connections"], entry["depth"]) == (50, 16):
+    for entry in data["puts"]:
+        if entry["mode"] == "durable" and (entry["connections"], entry["depth"]) == (50, 16):
+            if data["redis"]["available"]:
                 found.append(Target("durable puts 50×16: metaq group commit ÷ Redis appendfsync "
                                     "always (msg/s)", entry["metaq_over_redis"]["value"], PUT_TARGET))
+            found.append(Target("durable puts 50×16: metaq msg/s ÷ raw fdatasync/s of the data disk",
+                                ratio(entry["metaq"]["msg_per_s"]["value"],
+                                      data["fdatasync"]["per_s"]["value"]), FSYNC_TARGET))
     found.append(Target("consumer drain: get 1 MiB ÷ raw loopback (MB/s)",
                         data["drain"]["drain_over_raw"]["value"], DRAIN_TARGET))
     return found
@@ -523,6 +541,7 @@ def tables(data: dict, timing: Timing, reps: int) -> list[Table]:
         ["load generator", setup["generator"]],
         ["cores shared", "the load generator runs on the same cores as the server under test"],
         ["Redis", setup["redis"]],
+        ["raw fdatasync of the data disk", f"{_v(data['fdatasync']['per_s'])}/s (4 KiB write + fdatasync)"],
         ["CPU busy / steal during the part",
          f"{_v(cpu['busy'])} % / {_v(cpu['steal'], 1)} %" if cpu else "-"],
         ["CPU columns", "cores used during the window: server = /proc/<pid>/stat of the server "
@@ -552,6 +571,7 @@ def run(ctx: RunContext) -> PartResult:
              f"{timing.window:g} s each (+{timing.warmup:g} s warm-up); then the drain. The load "
              f"generator shares the {os.cpu_count()} cores with the server under test.")
     sampler = CpuSampler().start()
+    fsync = measure_fdatasync(ctx, timing, reps)
     counter = [0]
     puts: list[dict] = []
     for mode in MODES:
@@ -582,6 +602,7 @@ def run(ctx: RunContext) -> PartResult:
         },
         "redis": {"available": redis is not None, "binary": redis, "version": version},
         "machine_cpu": sampler.stop(),
+        "fdatasync": fsync,
         "puts": puts,
         "drain": drain,
     }

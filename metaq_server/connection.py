@@ -48,6 +48,8 @@ class Connection:
         self._progress = trio.Event()
         self._reader_scope: trio.CancelScope | None = None
         self._last_io = trio.current_time()
+        self._fd = stream.socket.fileno()
+        self._sending = False     # the writer task is in the middle of a send
         self.closed = False
 
     # ----------------------------------------------------------------- responses (trio thread)
@@ -73,10 +75,23 @@ class Connection:
         self.finish_many(1, data)
 
     def finish_many(self, count: int, data: bytes) -> None:
-        """``count`` requests begun earlier are answered by ``data``."""
+        """``count`` requests begun earlier are answered by ``data`` (called from the writer
+        thread's delivery, once per group commit): written at once when nothing else is queued
+        or being sent, so the writer task need not wake; what the socket does not take is queued."""
         self.inflight -= count
-        self.send(data)
         self._progress.set()
+        if not self._out and not self._sending and not self.closed:
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the writer task meets the same error and closes the connection
+            if sent == len(data):
+                self._last_io = trio.current_time()
+                return
+            data = data[sent:]
+        self.send(data)
 
     # ---------------------------------------------------------------------------- the tasks
 
@@ -183,16 +198,18 @@ class Connection:
             chunks = []
             while out and type(out[0]) is bytes:
                 chunks.append(out.popleft())
+            self._sending = True
             if chunks:
                 await self._send_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             if out and type(out[0]) is Slice:
                 await self._send_file(out.popleft())
+            self._sending = False
             self._last_io = trio.current_time()
 
     async def _send_bytes(self, data: bytes) -> None:
         """Write to the socket directly; wait only when its buffer is full (trio's send_all
         would take an extra task step per send)."""
-        fd = self.stream.socket.fileno()
+        fd = self._fd
         view = memoryview(data)
         while view:
             try:
