@@ -12,7 +12,8 @@ BrokerUnavailableError. This module moves frames: it never interprets a status c
 from __future__ import annotations
 
 import logging
-import threading
+from typing import Any
+import itertools
 import urllib.parse
 
 import attrs
@@ -27,23 +28,19 @@ DEFAULT_PORT = 8123
 OPAQUE_MIN = -(2**31)
 OPAQUE_WRAP = 2**31 - 1 - 10
 RECEIVE_SIZE = 256 * 1024
+_OPAQUE_PERIOD = OPAQUE_WRAP - OPAQUE_MIN
 
 
 class OpaqueGenerator:
     """Java's ``OpaqueGenerator``: starts at -2147483648, +1 per request, and wraps back to
-    -2147483648 when it reaches 2147483637. Thread-safe: one counter serves the whole process."""
+    -2147483648 when it reaches 2147483637. Thread-safe without a lock: one counter
+    (``itertools.count``, atomic under the GIL) serves the whole process."""
 
     def __init__(self, start: int = OPAQUE_MIN) -> None:
-        self._next = start
-        self._lock = threading.Lock()
+        self._count = itertools.count(start - OPAQUE_MIN if OPAQUE_MIN <= start < OPAQUE_WRAP else 0)
 
     def __call__(self) -> int:
-        with self._lock:
-            if self._next >= OPAQUE_WRAP:
-                self._next = OPAQUE_MIN
-            value = self._next
-            self._next += 1
-            return value
+        return OPAQUE_MIN + next(self._count) % _OPAQUE_PERIOD
 
 
 next_opaque = OpaqueGenerator()
@@ -90,29 +87,45 @@ class _Counters:
     dropped_answers: int = 0
 
 
-class _Pending:
-    """A request waiting for its answer: the waiting task is rescheduled directly (cheaper than
-    a trio.Event per request)."""
+class _Waiter:
+    """A task waiting for the answer to its request. It is handed to ``trio.lowlevel.reschedule``
+    as the task's outcome (``wait_task_rescheduled`` returns ``outcome.unwrap()``): waking a
+    request costs no ``outcome.Value`` and no ``trio.Event``."""
 
-    __slots__ = ("task", "answer", "error")
+    __slots__ = ("task", "answer", "error", "opaque", "pending")
 
-    def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task: trio.lowlevel.Task | None = task
+    def __init__(self, task: trio.lowlevel.Task, opaque: int, pending: dict[int, Any]) -> None:
+        self.task = task
         self.answer: Result | Value | None = None
         self.error: BaseException | None = None
+        self.opaque = opaque
+        self.pending = pending
 
-    def done(self) -> None:
-        task, self.task = self.task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
+    def resolve(self, answer: Result | Value) -> None:
+        self.answer = answer
+        trio.lowlevel.reschedule(self.task, self)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        trio.lowlevel.reschedule(self.task, self)
+
+    def unwrap(self) -> Result | Value:
+        if self.error is not None:
+            raise self.error
+        return self.answer
 
     def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
-        self.task = None  # cancelled: an answer arriving later finds nobody to wake
+        self.pending.pop(self.opaque, None)  # cancelled: an answer arriving later is dropped
         return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Connection:
-    """One live TCP connection to a broker; ``run()`` serves it until it closes."""
+    """One live TCP connection to a broker; ``run()`` serves it until it closes.
+
+    Every outstanding request is an entry of ``_pending`` (opaque → an object with
+    ``resolve(answer)`` and ``fail(error)``): a waiting task (``request``) or a callback
+    (``submit``). Frames queue in ``_out``; the writer task sends whatever has queued in one
+    ``send_all``, so requests made in the same scheduler round share a send."""
 
     def __init__(self, url: str, stream: trio.abc.Stream, settings: ConnectionSettings,
                  counters: _Counters) -> None:
@@ -121,7 +134,7 @@ class Connection:
         self._settings = settings
         self._counters = counters
         self._decoder = FrameDecoder()
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Any] = {}
         self._out: list[bytes] = []
         self._wake_writer = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -132,22 +145,36 @@ class Connection:
     async def request(self, event: Event) -> Result | Value:
         """Send ``event`` with a fresh opaque (set on the event: callers pass a new one each time)
         and wait for its answer."""
+        opaque = event.opaque = next_opaque()
+        return await self.request_frame(encode(event), opaque)
+
+    async def request_frame(self, frame: bytes, opaque: int) -> Result | Value:
+        """Send the encoded ``frame``, whose opaque is ``opaque`` (from ``next_opaque``), and wait
+        for its answer."""
         if self.closed:
             raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
-        opaque = event.opaque = next_opaque()
-        frame = encode(event)
-        pending = _Pending(trio.lowlevel.current_task())
+        pending = self._pending
+        waiter = _Waiter(trio.lowlevel.current_task(), opaque, pending)
+        pending[opaque] = waiter
+        self._counters.requests += 1
+        self._out.append(frame)
+        self._wake_writer.set()
+        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)
+
+    def submit(self, frame: bytes, opaque: int, pending: Any) -> None:
+        """Send ``frame`` without waiting: ``pending.resolve(answer)`` or ``pending.fail(error)`` is
+        called on the trio thread when it is answered or the connection closes. Synchronous;
+        ConnectionClosedError when the connection is already closed."""
+        if self.closed:
+            raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
         self._pending[opaque] = pending
         self._counters.requests += 1
         self._out.append(frame)
         self._wake_writer.set()
-        try:
-            await trio.lowlevel.wait_task_rescheduled(pending.abort)
-        finally:
-            self._pending.pop(opaque, None)
-        if pending.error is not None:
-            raise pending.error
-        return pending.answer
+
+    def forget(self, opaque: int) -> None:
+        """Stop waiting for the answer to ``opaque`` (its ``submit`` caller gave up)."""
+        self._pending.pop(opaque, None)
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:
@@ -170,16 +197,17 @@ class Connection:
             self.closed = True
             reason = self.close_reason or "the client is closing"
             self.close_reason = reason
-            for pending in self._pending.values():
-                pending.error = ConnectionClosedError(f"connection to {self.url} closed while the request "
-                                                      f"waited for its answer: {reason}")
-                pending.done()
+            waiting = list(self._pending.values())
             self._pending.clear()
+            for pending in waiting:
+                pending.fail(ConnectionClosedError(f"connection to {self.url} closed while the request "
+                                                   f"waited for its answer: {reason}"))
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
 
     async def _reader(self) -> None:
         decoder = self._decoder
+        pop = self._pending.pop
         while True:
             data = await self._stream.receive_some(RECEIVE_SIZE)
             if not data:
@@ -195,12 +223,12 @@ class Connection:
                     return
                 if event is None:
                     break
-                pending = self._pending.get(getattr(event, "opaque", None))
-                if pending is None or not isinstance(event, (Result, Value)):
+                kind = type(event)
+                pending = pop(event.opaque, None) if kind is Result or kind is Value else None
+                if pending is None:
                     self._counters.dropped_answers += 1  # nobody waits for it any more (§6.3)
                     continue
-                pending.answer = event
-                pending.done()
+                pending.resolve(event)
 
     async def _writer(self) -> None:
         while True:
@@ -316,6 +344,12 @@ class ConnectionPool:
             link = self._links[url] = _BrokerLink(url, self.settings, self._counters)
             self._nursery.start_soon(link.supervise, name=f"metaq connection {url}")
         return await link.get()
+
+    def live_connection(self, url: str) -> Connection | None:
+        """The open connection to ``url`` right now, or None (no waiting, no connecting)."""
+        link = self._links.get(url)
+        conn = link.connection if link is not None else None
+        return conn if conn is not None and not conn.closed else None
 
     async def request(self, url: str, event: Event) -> Result | Value:
         return await (await self.connection(url)).request(event)

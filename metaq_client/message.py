@@ -8,6 +8,8 @@ and pure functions; it does no I/O.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import attrs
 
 from metaq_client.errors import ReadOnlyMessageError
@@ -19,12 +21,12 @@ MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 stops doubling once it is beyond this."""
 
 
-@attrs.frozen(order=True)
-class Partition:
+class Partition(NamedTuple):
     """A partition of a topic on one broker, written ``<brokerId>-<partition>`` as in ZooKeeper.
 
     Partition number -1 means "any partition of that broker, chosen by the broker at random"
-    (Java's ``Partition.RandomPartiton``, sent with a fixed server URL)."""
+    (Java's ``Partition.RandomPartiton``, sent with a fixed server URL). Immutable, hashable and
+    ordered by (broker id, partition number); a named tuple, so building one costs little."""
 
     broker_id: int
     partition: int
@@ -76,15 +78,21 @@ def _guard(message: Message, attribute: attrs.Attribute, value: object) -> objec
     return value
 
 
-def _as_bytes(value: object) -> bytes:
+def as_bytes(value: object) -> bytes:
+    """A message body as bytes (from bytes, bytearray or memoryview); TypeError otherwise."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     raise TypeError(f"a message body is bytes, not {type(value).__name__}")
 
 
-def _check_attribute(message: Message, attribute: attrs.Attribute, value: object) -> None:
+def check_attribute(value: object) -> None:
+    """TypeError unless ``value`` can be a message attribute (a str or None)."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"a message attribute is a str or None, not {type(value).__name__}")
+
+
+def _check_attribute(message: Message, attribute: attrs.Attribute, value: object) -> None:
+    check_attribute(value)
 
 
 @attrs.define(on_setattr=[_guard, attrs.setters.convert, attrs.setters.validate])
@@ -97,7 +105,7 @@ class Message:
     ReadOnlyMessageError (1.4.4)."""
 
     topic: str
-    body: bytes = attrs.field(default=b"", converter=_as_bytes)
+    body: bytes = attrs.field(default=b"", converter=as_bytes)
     attribute: str | None = attrs.field(default=None, validator=_check_attribute)
     id: int | None = attrs.field(default=None, kw_only=True)
     partition: Partition | None = attrs.field(default=None, kw_only=True)
@@ -118,11 +126,10 @@ class Message:
         return record.make_data(self.body, self.attribute)
 
 
-@attrs.frozen
-class SendResult:
+class SendResult(NamedTuple):
     """The outcome of one send (protocol §6.1): on success the broker's message id, the partition
     the record went to and its offset; on failure the broker's text (``"403"`` for a closed
-    partition)."""
+    partition). Immutable (a named tuple: one is built per send)."""
 
     success: bool
     message_id: int | None = None

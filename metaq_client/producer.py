@@ -15,18 +15,20 @@ from typing import Any
 
 
 from metaq_client.answers import text_of
-from metaq_client.connection import ConnectionPool
+from metaq_client.codec import put_answer, put_frame, topic_token
+from metaq_client.connection import ConnectionPool, next_opaque
 from metaq_client.errors import BrokerError, NoPartitionError
 from metaq_client.lifecycle import NurseryOwner
 from metaq_client.listeners import invoke
-from metaq_client.message import Message, Partition, SendResult
+from metaq_client.message import Message, Partition, SendResult, as_bytes, check_attribute
 from metaq_client.selectors import PartitionSelector, RoundRobinSelector, select_partition
-from metaq_client.source import PartitionSource
-from metaq_core import record
-from metaq_core.naming import validate_topic
-from metaq_core.wire import Put, Result
+from metaq_client.source import PartitionSource, StaticPartitionSource
+from metaq_core.wire import Result, Value
 
 log = logging.getLogger("metaq.client")
+
+_MAX_CACHED_PARTITIONS = 4096
+_new_tuple = tuple.__new__
 
 SendCallback = Callable[[SendResult], Any]
 ErrorCallback = Callable[[BaseException], Any]
@@ -45,7 +47,13 @@ class Producer(NurseryOwner):
         self._source = source
         self._selector = partition_selector or RoundRobinSelector()
         self.default_topic = default_topic
-        self._valid_topics: set[str] = set()  # names already checked by validate_topic
+        self._tokens: dict[str, bytes] = {}  # topic → its checked header token
+        self._partitions: dict[tuple[int, int], Partition] = {}  # shared by the results
+        #: direct-connect without a topic map: every put goes to one URL with partition -1 and the
+        #: broker picks (no selector, no default topic): (url, broker id), else None
+        self.fixed_route: tuple[str, int] | None = (
+            (source.url, source.broker_id) if type(source) is StaticPartitionSource and source.topics is None
+            else None)
 
     def set_default_topic(self, topic: str | None) -> None:
         """Publish topics without partitions of their own to ``topic``'s partitions (1.4.4)."""
@@ -53,28 +61,71 @@ class Producer(NurseryOwner):
 
     async def send(self, topic: str, body: bytes, *, attribute: str | None = None,
                    partition_selector: PartitionSelector | None = None) -> SendResult:
-        return await self.send_message(Message(topic, body, attribute), partition_selector=partition_selector)
+        fixed = self.fixed_route
+        if fixed is None:
+            return await self.send_message(Message(topic, body, attribute), partition_selector=partition_selector)
+        # the same checks as Message(topic, body, attribute) and send_message, without the Message
+        if self._nursery is None:
+            self._open_nursery()
+        url, broker_id = fixed
+        frame, opaque = self.put_frame(topic, body, attribute, -1)
+        conn = self._pool.live_connection(url) or await self._pool.connection(url)
+        return self.result_of(await conn.request_frame(frame, opaque), broker_id)
 
     async def send_message(self, message: Message, *,
                            partition_selector: PartitionSelector | None = None) -> SendResult:
         """Send ``message``; on success its ``id`` is set."""
         self._open_nursery()
-        if message.topic not in self._valid_topics:
-            validate_topic(message.topic)
-            self._valid_topics.add(message.topic)
+        topic = message.topic
+        if topic not in self._tokens:
+            self._token(topic)
         partition = await self._route(message, partition_selector or self._selector)
-        flag, data = message.data()
-        put = Put(message.topic, partition.partition, flag, record.checksum(data), None, 0, data)
-        answer = await self._pool.request(self._source.broker_url(partition.broker_id), put)
-        if not isinstance(answer, Result):
+        frame, opaque = self.put_frame(topic, message.body, message.attribute, partition.partition)
+        url = self._source.broker_url(partition.broker_id)
+        conn = self._pool.live_connection(url) or await self._pool.connection(url)
+        result = self.result_of(await conn.request_frame(frame, opaque), partition.broker_id)
+        if result.success:
+            message.id = result.message_id
+        return result
+
+    def put_frame(self, topic: str, body: bytes, attribute: str | None, partition: int) -> tuple[bytes, int]:
+        """The encoded put frame of a message and its opaque (a fresh one). Checks the topic name
+        (InvalidTopicError), the body (bytes-like) and the attribute (str or None) as ``Message``
+        does (TypeError). Thread-safe: the blocking facade calls it from its callers' threads."""
+        token = self._tokens.get(topic) or self._token(topic)
+        if type(body) is not bytes:
+            body = as_bytes(body)
+        if attribute is not None:
+            if type(attribute) is not str:
+                check_attribute(attribute)
+            attribute = attribute.encode("utf-8")
+        opaque = next_opaque()
+        return put_frame(token, partition, body, attribute, opaque), opaque
+
+    def result_of(self, answer: Result | Value, broker_id: int) -> SendResult:
+        """The ``SendResult`` of a put's answer (thread-safe)."""
+        if type(answer) is not Result:
             raise BrokerError(0, "a put was answered with a value frame")
-        if answer.status == 200:
-            msg_id, actual, offset = (answer.body or b"").decode().split(" ")
-            message.id = int(msg_id)
-            return SendResult(True, int(msg_id), Partition(partition.broker_id, int(actual)), int(offset))
-        if answer.status == 403:
+        status = answer.status
+        if status == 200:
+            try:
+                msg_id, actual, offset = put_answer(answer.body)
+            except ValueError:
+                raise BrokerError(200, f"a put was answered {text_of(answer)!r}") from None
+            key = (broker_id, actual)
+            partition = self._partitions.get(key)
+            if partition is None:
+                partition = Partition(broker_id, actual)
+                if len(self._partitions) < _MAX_CACHED_PARTITIONS:
+                    self._partitions[key] = partition
+            return _new_tuple(SendResult, (True, msg_id, partition, offset, None))
+        if status == 403:
             return SendResult(False, error_message="403")
         return SendResult(False, error_message=text_of(answer))
+
+    def _token(self, topic: str) -> bytes:
+        token = self._tokens[topic] = topic_token(topic)
+        return token
 
     def send_async(self, message: Message, on_sent: SendCallback, on_error: ErrorCallback | None = None, *,
                    partition_selector: PartitionSelector | None = None) -> None:

@@ -1,0 +1,58 @@
+"""The client's per-message codec: ``put_frame`` builds a whole ``put`` frame (7-token 1.4.4 form,
+with its checksum) and ``put_answer`` parses the body of a put's ``result 200`` answer.
+
+Compiled (``metaq_core._client_codec``) unless ``METAQ_PURE_PYTHON=1`` or the extension is not
+built; the pure functions here are its twin, byte for byte what ``metaq_core.frames.encode``
+produces for the same ``Put``. ``topic_token`` checks a topic name once and gives the bytes that
+go into the header. Sans-I/O: bytes in, bytes or numbers out.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+from metaq_core.naming import validate_topic
+
+_INT32 = struct.Struct(">i")
+
+
+def topic_token(topic: str) -> bytes:
+    """The header token of a valid topic name (InvalidTopicError otherwise)."""
+    return validate_topic(topic).encode("utf-8")
+
+
+def put_frame_py(topic: bytes, partition: int, body: bytes, attribute: bytes | None, opaque: int) -> bytes:
+    """``put <topic> <partition> <length> <flag> <checksum> <opaque>\\r\\n<data>``; ``topic`` is a
+    checked token, ``attribute`` UTF-8 bytes or None (flag 0)."""
+    if attribute is None:
+        flag, data = 0, body
+    else:
+        flag, data = 1, _INT32.pack(len(attribute)) + attribute + body
+    for value in (partition, opaque):
+        if not -(2**31) <= value < 2**31:
+            raise OverflowError(f"{value} is outside the int32 range")
+    return b"put %s %d %d %d %d %d\r\n" % (topic, partition, len(data), flag, zlib.crc32(data) & 0x7FFFFFFF,
+                                           opaque) + data
+
+
+def put_answer_py(body: bytes | None) -> tuple[int, int, int]:
+    """``(message id, partition, offset)`` from ``<id> <partition> <offset>``; ValueError otherwise."""
+    parts = (body or b"").split(b" ")
+    if len(parts) != 3 or not all(p.lstrip(b"-").isdigit() and p.count(b"-") <= 1 and not p.endswith(b"-")
+                                  for p in parts):
+        raise ValueError(f"not the answer to a put: {body!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+if os.environ.get("METAQ_PURE_PYTHON") == "1":
+    put_frame, put_answer = put_frame_py, put_answer_py
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from metaq_core._client_codec import put_answer, put_frame  # noqa: F401
+        IMPLEMENTATION = "cython"
+    except ImportError:  # the extension is not built (a source checkout without build_ext)
+        put_frame, put_answer = put_frame_py, put_answer_py
+        IMPLEMENTATION = "python"
