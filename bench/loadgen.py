@@ -1,5 +1,7 @@
-"""The multi-process load generator of ``bench/broker.py``: the same Python client code drives
-metaq-trio (MetaQ ``put``) and Redis (RESP ``XADD``), so the client language is the same for both.
+"""The multi-process load generator of ``bench/broker.py`` and ``bench/peers.py``: the same Python
+client code drives metaq-trio (MetaQ ``put``), Redis (RESP ``XADD``), NATS JetStream (``PUB`` with
+a reply inbox, answered by the stream's ack) and RabbitMQ (AMQP 0-9-1 ``basic.publish`` on a
+channel in confirm mode, answered by ``basic.ack``), so the client language is the same for all.
 
 Puts (``run_puts``)
     N worker processes (``multiprocessing``, spawn) each own a share of the connections. Every
@@ -8,8 +10,11 @@ Puts (``run_puts``)
     one ``send``. One ``epoll`` loop per worker. Frames are encoded before the clock starts: a
     ring of MetaQ ``put`` frames (``metaq_core.wire.encode(Put(...))``, 1.4.4 form with the
     CRC-32 checksum, a constant body, one opaque per ring slot) or one constant RESP
-    ``XADD <stream> * f <value>`` frame. MetaQ answers are matched by opaque
-    (``metaq_core.wire.FrameDecoder``); Redis replies are counted in order (RESP is in order).
+    ``XADD <stream> * f <value>`` frame, or a ring of NATS ``PUB <subject> <inbox>.<slot>`` frames
+    per connection, or one AMQP publish (method + header + body frames, persistent). MetaQ answers
+    are matched by opaque (``metaq_core.wire.FrameDecoder``), NATS acks by the slot in their inbox
+    subject; Redis replies are counted in order (RESP is in order), AMQP confirms by delivery tag
+    (``multiple`` acks confirm every earlier tag).
 
     The coordinator (the calling process) waits until every worker has connected, then gives them
     one start time; the measured window opens ``warmup`` seconds later and lasts ``window``
@@ -60,13 +65,13 @@ _CTX = multiprocessing.get_context("spawn")
 class PutLoad:
     """One load point: who is driven, how many connections, how deep each pipeline is."""
 
-    protocol: str               # "metaq" or "redis"
+    protocol: str               # "metaq", "redis", "nats" or "amqp"
     port: int
     connections: int
     depth: int
     workers: int
     payload: int = 1024
-    key: str = "bench"          # MetaQ topic (partition 0) or Redis stream key
+    key: str = "bench"          # MetaQ topic (partition 0), Redis stream key, NATS subject, AMQP queue
     host: str = HOST
 
     def shares(self) -> list[int]:
@@ -101,11 +106,175 @@ def redis_xadd_frame(load: PutLoad) -> bytes:
     return b"".join(out)
 
 
+# ------------------------------------------------------------------ NATS (JetStream)
+
+def _read_line(sock: socket.socket, buf: bytearray) -> bytes:
+    """One CRLF-terminated line from a blocking socket (``buf`` keeps what follows it)."""
+    while True:
+        nl = buf.find(b"\r\n")
+        if nl >= 0:
+            line = bytes(buf[:nl])
+            del buf[:nl + 2]
+            return line
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection during the handshake")
+        buf += data
+
+
+def nats_handshake(sock: socket.socket, inbox: bytes) -> bytearray:
+    """Read INFO, send CONNECT (no echo of +OK, headers on), subscribe to ``<inbox>.*`` and wait
+    for the PONG that confirms both. Returns bytes already read past the PONG."""
+    buf = bytearray()
+    info = _read_line(sock, buf)
+    if not info.startswith(b"INFO "):
+        raise ConnectionError(f"not a NATS server: {info[:80]!r}")
+    sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,'
+                 b'"protocol":1,"name":"metaq-bench"}\r\nSUB ' + inbox + b".* 1\r\nPING\r\n")
+    while True:
+        line = _read_line(sock, buf)
+        if line.startswith(b"-ERR"):
+            raise ConnectionError(f"NATS: {line.decode(errors='replace')}")
+        if line == b"PONG":
+            return buf
+
+
+def nats_pub_frames(load: PutLoad, inbox: bytes, ring: int) -> list[bytes]:
+    """``ring`` ``PUB <subject> <inbox>.<slot> <n>`` frames carrying the constant payload."""
+    data = payload_bytes(load.payload)
+    subject = load.key.encode()
+    return [b"PUB %s %s.%d %d\r\n%s\r\n" % (subject, inbox, slot, len(data), data)
+            for slot in range(ring)]
+
+
+def nats_request(host: str, port: int, subject: str, payload: bytes, timeout: float = 10.0) -> bytes:
+    """One request/reply over a fresh connection (e.g. ``$JS.API.STREAM.CREATE.<name>``)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        inbox = b"_INBOX.req%d" % os.getpid()
+        buf = nats_handshake(sock, inbox)
+        sock.sendall(b"PUB %s %s.0 %d\r\n%s\r\n" % (subject.encode(), inbox, len(payload), payload))
+        while True:
+            line = _read_line(sock, buf)
+            if line == b"PING":
+                sock.sendall(b"PONG\r\n")
+            elif line.startswith(b"-ERR"):
+                raise ConnectionError(f"NATS: {line.decode(errors='replace')}")
+            elif line.startswith((b"MSG ", b"HMSG ")):
+                size = int(line.split()[-1])
+                while len(buf) < size + 2:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise ConnectionError("NATS closed the connection before replying")
+                    buf += data
+                return bytes(buf[:size])
+
+
+# --------------------------------------------------------------------- AMQP 0-9-1
+
+AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+_AMQP_FRAME = struct.Struct(">BHI")           # type, channel, payload size (then 0xCE)
+AMQP_USER = b"guest"
+
+
+def _shortstr(value: bytes) -> bytes:
+    return bytes([len(value)]) + value
+
+
+def _longstr(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def _amqp_table(entries: dict[str, str]) -> bytes:
+    body = b"".join(_shortstr(k.encode()) + b"S" + _longstr(v.encode()) for k, v in entries.items())
+    return _longstr(body)
+
+
+def _amqp_frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return _AMQP_FRAME.pack(kind, channel, len(payload)) + payload + b"\xce"
+
+
+def _amqp_method(channel: int, class_id: int, method_id: int, args: bytes = b"") -> bytes:
+    return _amqp_frame(1, channel, struct.pack(">HH", class_id, method_id) + args)
+
+
+def _amqp_expect(sock: socket.socket, buf: bytearray, class_id: int, method_id: int) -> bytes:
+    """Read frames until the method (class_id, method_id) arrives; returns its arguments. A
+    connection.close or channel.close from the server raises with its reply text."""
+    while True:
+        while len(buf) < 7 or len(buf) < 8 + _AMQP_FRAME.unpack_from(buf)[2]:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the AMQP server closed the connection")
+            buf += data
+        kind, _channel, size = _AMQP_FRAME.unpack_from(buf)
+        payload = bytes(buf[7:7 + size])
+        del buf[:8 + size]
+        if kind != 1:
+            continue
+        cls, meth = struct.unpack_from(">HH", payload)
+        if (cls, meth) in ((10, 50), (20, 40)):
+            code = struct.unpack_from(">H", payload, 4)[0]
+            text = payload[7:7 + payload[6]].decode(errors="replace")
+            raise ConnectionError(f"AMQP server closed the {'connection' if cls == 10 else 'channel'}: "
+                                  f"{code} {text}")
+        if (cls, meth) == (class_id, method_id):
+            return payload[4:]
+
+
+def amqp_open(sock: socket.socket, confirm: bool = True) -> bytearray:
+    """Connection handshake (PLAIN guest/guest, vhost /, no heartbeats), channel 1, and
+    ``confirm.select`` when ``confirm``. Returns bytes already read past the last answer."""
+    buf = bytearray()
+    sock.sendall(AMQP_HEADER)
+    _amqp_expect(sock, buf, 10, 10)                                       # connection.start
+    sock.sendall(_amqp_method(0, 10, 11, _amqp_table({}) + _shortstr(b"PLAIN")
+                              + _longstr(b"\x00" + AMQP_USER + b"\x00" + AMQP_USER)
+                              + _shortstr(b"en_US")))
+    channel_max, frame_max, _heartbeat = struct.unpack_from(">HIH", _amqp_expect(sock, buf, 10, 30))
+    sock.sendall(_amqp_method(0, 10, 31, struct.pack(">HIH", channel_max, frame_max or 131072, 0)))
+    sock.sendall(_amqp_method(0, 10, 40, _shortstr(b"/") + _shortstr(b"") + b"\x00"))
+    _amqp_expect(sock, buf, 10, 41)                                       # connection.open-ok
+    sock.sendall(_amqp_method(1, 20, 10, _shortstr(b"")))
+    _amqp_expect(sock, buf, 20, 11)                                       # channel.open-ok
+    if confirm:
+        sock.sendall(_amqp_method(1, 85, 10, b"\x00"))
+        _amqp_expect(sock, buf, 85, 11)                                   # confirm.select-ok
+    return buf
+
+
+def amqp_queue(host: str, port: int, queue: str, arguments: dict[str, str] | None = None,
+               delete: bool = False) -> None:
+    """Declare a durable queue with ``arguments`` (e.g. ``x-queue-type: quorum``), or delete it."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        buf = amqp_open(sock, confirm=False)
+        if delete:
+            sock.sendall(_amqp_method(1, 50, 40, b"\x00\x00" + _shortstr(queue.encode()) + b"\x00"))
+            _amqp_expect(sock, buf, 50, 41)
+        else:
+            sock.sendall(_amqp_method(1, 50, 10, b"\x00\x00" + _shortstr(queue.encode()) + b"\x02"
+                                      + _amqp_table(arguments or {})))
+            _amqp_expect(sock, buf, 50, 11)
+        sock.sendall(_amqp_method(0, 10, 50, b"\x00\xc8" + _shortstr(b"bye") + b"\x00\x00\x00\x00"))
+
+
+def amqp_publish_frame(load: PutLoad) -> bytes:
+    """``basic.publish`` to the default exchange with routing key = queue, then the content
+    header (persistent: delivery-mode 2) and the body frame."""
+    data = payload_bytes(load.payload)
+    method = _amqp_method(1, 60, 40, b"\x00\x00" + _shortstr(b"") + _shortstr(load.key.encode()) + b"\x00")
+    header = _amqp_frame(2, 1, struct.pack(">HHQH", 60, 0, len(data), 0x1000) + b"\x02")
+    return method + header + _amqp_frame(3, 1, data)
+
+
+#: protocols whose answers name the request they answer (matched by slot, not in order)
+SLOT_PROTOCOLS = ("metaq", "nats")
+
+
 class _Conn:
-    """One pipelined connection of a worker (both protocols; the parse method differs)."""
+    """One pipelined connection of a worker (every protocol; the parse method differs)."""
 
     __slots__ = ("sock", "fd", "ep", "pending", "outstanding", "next_op", "sent_at", "fifo",
-                 "decoder", "rbuf", "frames", "ring", "batches", "proto")
+                 "decoder", "rbuf", "frames", "ring", "batches", "proto", "acked", "early")
 
     def __init__(self, sock: socket.socket, ep, proto: str, frames, ring: int) -> None:
         self.sock = sock
@@ -116,10 +285,12 @@ class _Conn:
         self.next_op = 0
         self.ring = ring
         self.proto = proto
-        self.frames = frames                    # metaq: ring of frames; redis: [b"", f, f*2, …]
+        self.frames = frames                    # metaq/nats: ring of frames; else [b"", f, f*2, …]
         self.sent_at = [0] * ring               # metaq: send time by opaque (0 = free)
-        self.fifo: collections.deque[int] = collections.deque()   # redis: send times in order
+        self.fifo: collections.deque[int] = collections.deque()   # redis/amqp: send times in order
         self.rbuf = bytearray()
+        self.acked = 0                          # amqp: every delivery tag up to this is confirmed
+        self.early: set[int] = set()            # amqp: tags confirmed out of order
         self.decoder = None
         if proto == "metaq":
             from metaq_core.wire import FrameDecoder
@@ -128,7 +299,7 @@ class _Conn:
     def issue(self, count: int, now: int) -> None:
         if count <= 0:
             return
-        if self.proto == "metaq":
+        if self.proto in SLOT_PROTOCOLS:
             sent_at, frames, ring = self.sent_at, self.frames, self.ring
             op = self.next_op
             chunks = []
@@ -232,11 +403,133 @@ def _parse_redis(conn: _Conn, data: bytes, now: int, record, stats: list) -> int
     return done
 
 
+def _parse_nats(conn: _Conn, data: bytes, now: int, record, stats: list) -> int:
+    """JetStream acks (``MSG <inbox>.<slot> 1 <n>``, a JSON body; ``HMSG`` = a status such as
+    503 no responders); PINGs are answered."""
+    buf = conn.rbuf
+    buf += data
+    size = len(buf)
+    pos = 0
+    done = 0
+    sent_at = conn.sent_at
+    while pos < size:
+        nl = buf.find(b"\r\n", pos)
+        if nl < 0:
+            break
+        head = buf[pos]
+        if head == 77 or head == 72:                # MSG / HMSG: a header line, then n bytes
+            fields = bytes(buf[pos:nl]).split()
+            n = int(fields[-1])
+            end = nl + 2 + n + 2
+            if end > size:
+                break
+            subject = fields[1]
+            slot = int(subject[subject.rindex(b".") + 1:])
+            if head == 72 or buf.find(b'"error"', nl + 2, nl + 2 + n) >= 0:
+                stats[0] += 1
+                if stats[1] is None:
+                    stats[1] = bytes(buf[nl + 2:nl + 2 + n]).decode(errors="replace")
+            started = sent_at[slot]
+            sent_at[slot] = 0
+            if record is not None:
+                record(now - started)
+            done += 1
+            pos = end
+            continue
+        if buf.startswith(b"PING", pos):
+            conn.write(b"PONG\r\n")
+        elif head == 45:                            # -ERR '…'
+            stats[0] += 1
+            if stats[1] is None:
+                stats[1] = bytes(buf[pos:nl]).decode(errors="replace")
+        pos = nl + 2                                # +OK, PONG, INFO
+    if pos:
+        del buf[:pos]
+    conn.outstanding -= done
+    return done
+
+
+def _amqp_confirm(conn: _Conn, tag: int, multiple: bool) -> int:
+    """Record a confirm of ``tag`` (and every earlier tag when ``multiple``); returns how many
+    publishes it newly confirms."""
+    if multiple:
+        newly = tag - conn.acked - sum(1 for t in conn.early if t <= tag)
+        conn.early = {t for t in conn.early if t > tag}
+        conn.acked = max(conn.acked, tag)
+        return max(0, newly)
+    if tag <= conn.acked or tag in conn.early:
+        return 0
+    conn.early.add(tag)
+    while conn.acked + 1 in conn.early:
+        conn.acked += 1
+        conn.early.discard(conn.acked)
+    return 1
+
+
+def _parse_amqp(conn: _Conn, data: bytes, now: int, record, stats: list) -> int:
+    """``basic.ack`` / ``basic.nack`` frames; a close from the server raises. Latencies are
+    taken in publish order (confirms of one queue come in order)."""
+    buf = conn.rbuf
+    buf += data
+    size = len(buf)
+    pos = 0
+    done = 0
+    unpack = _AMQP_FRAME.unpack_from
+    while size - pos >= 8:
+        kind, _channel, n = unpack(buf, pos)
+        end = pos + 8 + n
+        if end > size:
+            break
+        if kind == 1:
+            cls, meth = struct.unpack_from(">HH", buf, pos + 7)
+            if cls == 60 and (meth == 80 or meth == 120):       # basic.ack / basic.nack
+                tag, bits = struct.unpack_from(">QB", buf, pos + 11)
+                newly = _amqp_confirm(conn, tag, bool(bits & 1))
+                if meth == 120:
+                    stats[0] += newly
+                    if stats[1] is None:
+                        stats[1] = f"basic.nack of delivery tag {tag}"
+                done += newly
+            elif (cls, meth) in ((10, 50), (20, 40)):
+                text = bytes(buf[pos + 14:pos + 14 + buf[pos + 13]]).decode(errors="replace")
+                raise ConnectionError(f"the AMQP server closed the {'connection' if cls == 10 else 'channel'}: {text}")
+        pos = end
+    if pos:
+        del buf[:pos]
+    fifo = conn.fifo
+    popleft = fifo.popleft
+    if record is not None:
+        for _ in range(done):
+            record(now - popleft())
+    else:
+        for _ in range(done):
+            popleft()
+    conn.outstanding -= done
+    return done
+
+
 def _connect(host: str, port: int) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock
+
+
+def _open(load: PutLoad, index: int) -> tuple[socket.socket, bytes, bytearray]:
+    """A connected non-blocking socket, after the protocol's handshake: (socket, NATS inbox or
+    b"", bytes read past the handshake)."""
+    if load.protocol not in ("nats", "amqp"):
+        return _connect(load.host, load.port), b"", bytearray()
+    sock = socket.create_connection((load.host, load.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    inbox = b""
+    if load.protocol == "nats":
+        inbox = b"_INBOX.%dx%d" % (os.getpid(), index)
+        rest = nats_handshake(sock, inbox)
+    else:
+        rest = amqp_open(sock)
+    sock.setblocking(False)
+    return sock, inbox, rest
 
 
 def _put_worker(load: PutLoad, nconns: int, pipe) -> None:
@@ -254,17 +547,23 @@ def _put_worker_run(load: PutLoad, nconns: int, pipe) -> dict:
         ring = max(64, 4 * depth)
         frames = metaq_put_frames(load, ring)
         parse = _parse_metaq
-    elif load.protocol == "redis":
+    elif load.protocol in ("redis", "amqp"):
         ring = 1
-        frame = redis_xadd_frame(load)
+        frame = redis_xadd_frame(load) if load.protocol == "redis" else amqp_publish_frame(load)
         frames = [frame * k for k in range(depth + 1)]
-        parse = _parse_redis
+        parse = _parse_redis if load.protocol == "redis" else _parse_amqp
+    elif load.protocol == "nats":
+        ring = max(64, 4 * depth)
+        frames = None                           # one ring per connection (its own inbox)
+        parse = _parse_nats
     else:
         raise ValueError(f"unknown protocol {load.protocol!r}")
     ep = select.epoll()
     conns: dict[int, _Conn] = {}
-    for _ in range(nconns):
-        conn = _Conn(_connect(load.host, load.port), ep, load.protocol, frames, ring)
+    for index in range(nconns):
+        sock, inbox, rest = _open(load, index)
+        conn = _Conn(sock, ep, load.protocol, frames or nats_pub_frames(load, inbox, ring), ring)
+        conn.rbuf += rest
         conns[conn.fd] = conn
         ep.register(conn.fd, select.EPOLLIN)
     pipe.send(("ready", os.getpid()))
@@ -414,6 +713,10 @@ def _sleep_until(deadline_ns: int) -> None:
         time.sleep(left)
 
 
+#: the quantiles a put window reports as its latency distribution (for CDF plots)
+CDF_QUANTILES = tuple(i / 40 for i in range(40)) + (0.99, 0.995, 0.999, 1.0)
+
+
 def quantile(ordered, q: float) -> float | None:
     if not ordered:
         return None
@@ -473,6 +776,8 @@ def run_puts(load: PutLoad, warmup: float, window: float, server_pids: dict[str,
         "mb_per_s": answers * load.payload / window / 1e6,
         "p50_ms": (quantile(ordered, 0.50) or 0.0) / 1e6,
         "p99_ms": (quantile(ordered, 0.99) or 0.0) / 1e6,
+        "latency_cdf_ms": [[q, (quantile(ordered, q) or 0.0) / 1e6] for q in CDF_QUANTILES]
+        if ordered else [],
         "errors": errors,
         "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
         "unanswered_at_end": sum(r["unanswered_at_end"] for r in results),
