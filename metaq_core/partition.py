@@ -211,6 +211,7 @@ class PartitionLog:
         self._closed = False
         self._failure: StorageIOError | None = None
         self._unflushed = 0
+        self._upkeep_due = False  # append_nowait left a sync or a roll to the writer thread
         self._last_flush = time.monotonic()
         self._retired: list[Segment] = []
         self._counters = collections.Counter()
@@ -385,19 +386,9 @@ class PartitionLog:
     def _append_here(self, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
         size = self._measure(items)
         with self._write_lock:
-            self._check_writable()
-            tail = self._view[1][-1]
-            before = tail.written
-            try:
-                _segment.append_records(tail.fileno(), items)
-                tail.written = before + size
-                self._unflushed += 1
-                if self._threshold_reached():
-                    self._sync(tail)
-            except OSError as exc:
-                self._fail_io(tail, before, exc, [])
-                raise self._failure from exc
-            self._count(1, len(items), size, 1)
+            tail, before, sync_due = self._write_now(items, size)
+            if sync_due:
+                self._sync(tail)
             if tail.written >= self.settings.max_segment_size:
                 self._roll_or_fail(tail)
             first = self._unflushed == 1
@@ -407,6 +398,46 @@ class PartitionLog:
                     self._start_writer()
                 self._cond.notify()
         return _placed(items, tail.start + before)
+
+    def append_nowait(self, items: list[tuple[bytes, int, int, int]]) -> int | None:
+        """Threshold mode, for an event loop: write the records now and return the offset of the
+        first one — or None, writing nothing, when that would mean waiting (group commit, the
+        write lock held by a flush, appends queued ahead). It never fsyncs nor rolls here: when
+        one is due it wakes the writer thread for it. Raises as ``append_many`` does."""
+        if self.group_commit or self._queue:
+            return None
+        size = self._measure(items)
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            tail, before, sync_due = self._write_now(items, size)
+            upkeep = sync_due or tail.written >= self.settings.max_segment_size
+            first = self._unflushed == 1
+        finally:
+            self._write_lock.release()
+        if upkeep or first or self._writer is None:
+            with self._cond:
+                self._upkeep_due = self._upkeep_due or upkeep
+                if self._writer is None:
+                    self._start_writer()
+                self._cond.notify()
+        return tail.start + before
+
+    def _write_now(self, items: list[tuple[bytes, int, int, int]], size: int) -> tuple[Segment, int, bool]:
+        """Write under the write lock (held by the caller): (tail, its length before, whether
+        the flush policy wants an fdatasync now)."""
+        self._check_writable()
+        tail = self._view[1][-1]
+        before = tail.written
+        try:
+            _segment.append_records(tail.fileno(), items)
+        except OSError as exc:
+            self._fail_io(tail, before, exc, [])
+            raise self._failure from exc
+        tail.written = before + size
+        self._unflushed += 1
+        self._count(1, len(items), size, 1)
+        return tail, before, self._threshold_reached()
 
     def flush(self) -> None:
         """Block until everything appended before this call is durable (fdatasync)."""
@@ -438,7 +469,7 @@ class PartitionLog:
     def _writer_main(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._closing and not self._upkeep_due:
                     due = self._flush_due_in()
                     if due is not None and due <= 0:
                         break
@@ -456,14 +487,19 @@ class PartitionLog:
         self._periodic_flush()
 
     def _periodic_flush(self) -> None:
+        self._upkeep_due = False
         with self._write_lock:
-            if self._failure is not None or self._unflushed == 0:
+            if self._failure is not None:
                 return
             tail = self._view[1][-1]
-            try:
-                self._sync(tail)
-            except OSError as exc:
-                self._fail_io(tail, tail.written, exc, [])
+            if self._unflushed:
+                try:
+                    self._sync(tail)
+                except OSError as exc:
+                    self._fail_io(tail, tail.written, exc, [])
+                    return
+            if not self._closing and tail.written >= self.settings.max_segment_size:
+                self._roll_or_fail(tail)
 
     def _sync(self, tail: Segment) -> None:
         _segment.datasync(tail.fileno())

@@ -8,7 +8,9 @@ and every put that needs more than that (an unknown topic, a partition still to 
 refusal, a transaction) — is handed back as an event for ``Broker.dispatch``, after the batches
 so far are submitted, so per-partition order is request order. One append request per partition
 per receive carries the batch to the partition's writer thread, and one ``PutAnswers`` encodes
-all its answers into one bytes object when the group commit delivers it.
+all its answers into one bytes object when the group commit delivers it. In threshold mode the
+batch is written at once from the event loop when the log allows it (``append_nowait``: no fsync
+there) and answered on the spot.
 
 It moves no bytes on sockets and knows no file layout: logs are reached through ``submit``.
 """
@@ -241,13 +243,19 @@ cdef class PutIntake:
             self.broker.counters.cmd_put += n
             if batch.stat:
                 self.broker.record_puts(batch.topic, batch.partition, n, batch.nbytes)
-            answers = PutAnswers(self.broker, self.conn, batch.topic, batch.partition,
-                                 batch.items, batch.opaques)
             try:
-                answers.request = batch.plog.submit(batch.items, self.sink, answers)
+                # threshold mode: written at once (no fsync due here) and answered now
+                offset = batch.plog.append_nowait(batch.items)
+                if offset is None:
+                    answers = PutAnswers(self.broker, self.conn, batch.topic, batch.partition,
+                                         batch.items, batch.opaques)
+                    answers.request = batch.plog.submit(batch.items, self.sink, answers)
             except MetaqError as exc:
                 self.broker.puts_failed(self.conn, batch.topic, batch.partition, n, exc)
                 self.conn.send(b"".join([encode_result(500, f"put message failed: {exc}", opaque)
                                          for opaque in batch.opaques]))
+                continue
+            if offset is not None:
+                self.conn.send(encode_answers(batch.items, batch.opaques, batch.partition, offset))
                 continue
             self.conn.begin_many(n)

@@ -50,14 +50,18 @@ class Connection:
         self._last_io = trio.current_time()
         self._fd = stream.socket.fileno()
         self._sending = False     # the writer task is in the middle of a send
+        self._in_batch = False    # the reader is handling the frames of one receive
         self.closed = False
 
     # ----------------------------------------------------------------- responses (trio thread)
 
     def send(self, data: bytes) -> None:
-        """Queue response bytes (any order relative to other responses is allowed, §2.7)."""
+        """Queue response bytes (any order relative to other responses is allowed, §2.7).
+        While the reader handles a receive, the answers it queues are written when it is done
+        with it (``_end_batch``), without waking the writer task."""
         self._out.append(data)
-        self._wake_writer.set()
+        if not self._in_batch:
+            self._wake_writer.set()
 
     def send_slice(self, header: bytes, piece: Slice) -> None:
         self._out.append(header)
@@ -162,6 +166,7 @@ class Connection:
                 return
             self._last_io = trio.current_time()
             self.decoder.receive_data(view[:size])
+            self._in_batch = True
             try:
                 while True:
                     if intake is not None:  # plain puts are batched there; the rest comes here
@@ -174,10 +179,37 @@ class Connection:
                         return
                     pending = self.broker.dispatch(self, event)
                     if pending is not None:
+                        self._end_batch()
                         await pending
+                        self._in_batch = True
             except RemoteProtocolError as exc:
                 log.info("%s: protocol error, closing: %s", self.peer, exc)
                 return
+            finally:
+                self._end_batch()
+
+    def _end_batch(self) -> None:
+        """Write the answers queued while handling a receive in one ``write`` if the writer task
+        is idle; leave what the socket does not take (or a ``get``'s file data) to the task."""
+        self._in_batch = False
+        out = self._out
+        if not out:
+            return
+        if not self._sending and type(out[0]) is bytes:
+            chunks = []
+            while out and type(out[0]) is bytes:
+                chunks.append(out.popleft())
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            try:
+                sent = os.write(self._fd, data)
+            except OSError:  # full (BlockingIOError) or broken: the writer task deals with it
+                sent = 0
+            if sent < len(data):
+                out.appendleft(data[sent:])
+            else:
+                self._last_io = trio.current_time()
+        if out:
+            self._wake_writer.set()
 
     async def _drain(self) -> None:
         """Wait until every request read so far is answered and sent (quit, §2.7)."""

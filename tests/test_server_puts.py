@@ -173,3 +173,25 @@ def test_write_failure_answers_the_whole_batch_and_keeps_acknowledged_records(tm
     log = stored(data_dir, "demo", 0)
     assert [body for _, body in log] == [b"create"] + [bodies[i] for i in acked]
     assert os.path.getsize(os.path.join(data_dir, "demo-0", "00000000000000000000.meta")) <= 64 * 1024
+
+
+async def test_threshold_mode_puts_are_written_from_the_event_loop(tmp_path, nursery):
+    """unflushThreshold > 0: batches are written at once (append_nowait) and answered without
+    waiting for the writer thread; offsets, order and content are those of the general path."""
+    broker = await start_broker(nursery, make_config(str(tmp_path / "data"), unflush_threshold=100,
+                                                     unflush_interval=60_000))
+    client = await RawClient.connect(broker.port)
+    try:
+        assert (await client.call(good("test", 0, 0, b"first"))).status == 200
+        bodies = {i: b"body-%d" % i * (i % 7 + 1) for i in range(1, 1001)}
+        answers = await answers_of(client, [good("test", 0, i, body) for i, body in bodies.items()])
+        assert all(r.status == 200 for r in answers.values())
+        plog = broker.store.get_partition("test", 0)
+        assert plog.statistics().appends < 1001, "pipelined puts were batched"
+        plog.flush()
+        log = stored(broker.config.system.data_path, "test", 0)
+        assert [body for _, body in log] == [b"first"] + list(bodies.values())
+        assert {int(PUT_ANSWER.match(answers[i].body).group(3)): body for i, body in bodies.items()} == dict(log[1:])
+    finally:
+        await client.aclose()
+        broker.shutdown()

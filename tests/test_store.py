@@ -284,6 +284,47 @@ def test_threshold_mode_periodic_flusher(data_dir):
         assert plog.max_offset == 21
 
 
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_append_nowait_writes_at_once_and_leaves_syncs_and_rolls_to_the_writer(data_dir):
+    with LogStore(data_dir, unflush_threshold=2, unflush_interval=60_000, max_segment_size=100) as store:
+        plog = store.partition("t", 0)
+        items = [(b"x" * 10, 0, 1, -1), (b"y" * 10, 0, 2, -1)]   # 2 records of 30 bytes
+        assert plog.append_nowait(items) == 0
+        assert plog.append_nowait(items) == 60
+        assert plog.max_offset == 0 and plog.statistics().syncs == 0  # written, not flushed
+        # the third append exceeds the threshold of 2 and the segment size of 100: the writer
+        # thread syncs and rolls; the caller did neither
+        assert plog.append_nowait(items) == 120
+        assert wait_until(lambda: plog.max_offset == 180)
+        assert wait_until(lambda: len(plog.segments()) == 2)
+        assert plog.statistics().syncs >= 1
+        assert plog.append_nowait(items) == 180                  # into the new segment
+        plog.flush()
+        read = store.read("t", 0, 0, max_bytes=1000)
+        assert [m.body for m in read.messages] == [b"x" * 10, b"y" * 10] * 3
+
+
+def test_append_nowait_declines_instead_of_waiting(data_dir):
+    with LogStore(data_dir) as store:   # group commit: the writer thread must fsync first
+        assert store.partition("g", 0).append_nowait([(b"a", 0, 1, -1)]) is None
+        assert store.max_offset("g", 0) == 0
+    with LogStore(data_dir, unflush_threshold=1000, unflush_interval=60_000) as store:
+        plog = store.partition("t", 0)
+        with plog._write_lock:             # a flush in progress holds the write lock
+            assert plog.append_nowait([(b"a", 0, 1, -1)]) is None
+        assert plog.append_nowait([(b"a", 0, 1, -1)]) == 0
+        with pytest.raises(MessageTooLargeError):
+            plog.append_nowait([(b"z" * (1024 * 1024), 0, 2, -1)])
+    with pytest.raises(StoreClosedError):
+        plog.append_nowait([(b"a", 0, 1, -1)])
+
+
 def test_close_drains_and_syncs_threshold_mode(data_dir):
     store = LogStore(data_dir, unflush_threshold=1000, unflush_interval=600_000)
     store.append("t", 0, b"pending")
