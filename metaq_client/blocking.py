@@ -84,6 +84,9 @@ class _Loop:
         self._token: trio.lowlevel.TrioToken | None = None
         self._held: list[_Held] = []
         self._closed = False
+        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._calls_lock = threading.Lock()
+        self._drain_scheduled = False
         self.client: aclient.MetaqClient | None = None
         self._thread = threading.Thread(target=self._thread_main, name="metaq-client", daemon=True)
         self._thread.start()
@@ -131,6 +134,32 @@ class _Loop:
             return trio.from_thread.run_sync(fn, *args, trio_token=self._live_token())
         except trio.RunFinishedError:
             raise ClientClosedError("the client is closed") from None
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Have the loop call ``fn(*args)`` (synchronously, no task) soon; returns at once. Calls
+        made while the loop has not got round to the previous ones share one crossing."""
+        with self._calls_lock:
+            self._calls.append((fn, args))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            self._live_token().run_sync_soon(self._drain_calls)
+        except trio.RunFinishedError:
+            raise ClientClosedError("the client is closed") from None
+
+    def _drain_calls(self) -> None:
+        while True:
+            with self._calls_lock:
+                calls, self._calls = self._calls, []
+                if not calls:
+                    self._drain_scheduled = False
+                    return
+            for fn, args in calls:
+                try:
+                    fn(*args)
+                except Exception:  # an exception here would end the loop
+                    log.exception("a call from another thread failed on the loop")
 
     def _live_token(self) -> trio.lowlevel.TrioToken:
         if self._closed:
@@ -197,8 +226,38 @@ class _Closeable:
         self.close()
 
 
+class _Reply:
+    """The answer to one request made from a caller's thread: the loop resolves or fails it (at
+    most once), the caller waits on its lock."""
+
+    __slots__ = ("_lock", "answer", "error", "conn")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self.conn: Any = None
+
+    def resolve(self, answer: Any) -> None:
+        self.answer = answer
+        self._lock.release()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+
 class Producer(_Closeable):
-    """The blocking face of ``metaq_client.Producer``."""
+    """The blocking face of ``metaq_client.Producer``.
+
+    Connected directly to one broker URL (no topic map), a send is encoded in the caller's
+    thread and handed to the connection without a task on the loop: one cheap crossing
+    (``_Loop.call_soon``, shared by the sends of all threads that arrive together) and a lock
+    to wait on. Otherwise it runs ``Producer.send_message`` on the loop."""
 
     def __init__(self, loop: _Loop, held: _Held) -> None:
         self._loop = loop
@@ -210,13 +269,64 @@ class Producer(_Closeable):
 
     def send(self, topic: str, body: bytes, *, attribute: str | None = None,
              partition_selector: PartitionSelector | None = None, timeout: float = SEND_TIMEOUT) -> SendResult:
+        if self._producer.fixed_route is not None:
+            return self._send_direct(topic, body, attribute, timeout)
         return self.send_message(Message(topic, body, attribute), partition_selector=partition_selector,
                                  timeout=timeout)
 
     def send_message(self, message: Message, *, partition_selector: PartitionSelector | None = None,
                      timeout: float = SEND_TIMEOUT) -> SendResult:
+        if self._producer.fixed_route is not None:
+            result = self._send_direct(message.topic, message.body, message.attribute, timeout)
+            if result.success:
+                message.id = result.message_id
+            return result
         return self._loop.run(lambda: self._producer.send_message(message, partition_selector=partition_selector),
                               timeout=timeout)
+
+    def _send_direct(self, topic: str, body: bytes, attribute: str | None, timeout: float) -> SendResult:
+        producer = self._producer
+        if producer._nursery is None:
+            producer._open_nursery()  # ClientClosedError
+        url, broker_id = producer.fixed_route
+        frame, opaque = producer.put_frame(topic, body, attribute, -1)
+        reply = _Reply()
+        self._loop.call_soon(self._start, url, frame, opaque, reply, timeout)
+        if not reply.wait(timeout):
+            self._loop.call_soon(self._forget, reply, opaque)
+            raise RequestTimeoutError(f"no answer within {timeout} s")
+        if reply.error is not None:
+            raise reply.error
+        return producer.result_of(reply.answer, broker_id)
+
+    def _start(self, url: str, frame: bytes, opaque: int, reply: _Reply, timeout: float) -> None:
+        """On the loop: hand the frame to the live connection, or to a task that waits for one."""
+        try:
+            nursery = self._producer._open_nursery()
+            conn = self._producer._pool.live_connection(url)
+            if conn is None:
+                nursery.start_soon(self._send_when_connected, url, frame, opaque, reply, timeout)
+                return
+            reply.conn = conn
+            conn.submit(frame, opaque, reply)
+        except Exception as exc:
+            reply.fail(exc)
+
+    async def _send_when_connected(self, url: str, frame: bytes, opaque: int, reply: _Reply,
+                                   timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            try:
+                conn = await self._producer._pool.connection(url)
+                answer = await conn.request_frame(frame, opaque)
+            except Exception as exc:
+                reply.fail(exc)
+            else:
+                reply.resolve(answer)
+
+    @staticmethod
+    def _forget(reply: _Reply, opaque: int) -> None:
+        if reply.conn is not None:
+            reply.conn.forget(opaque)
 
     def send_async(self, message: Message, on_sent: Callable[[SendResult], Any],
                    on_error: Callable[[BaseException], Any] | None = None, *,
