@@ -23,7 +23,7 @@ from importlib import metadata
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT_DIR = os.path.join(PROJECT_ROOT, "bench", "results")
-PACKAGES = ("metaq-trio", "trio", "attrs", "Cython", "rich")
+PACKAGES = ("metaq-trio", "trio", "attrs", "Cython", "kazoo", "rich", "matplotlib")
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -217,22 +217,36 @@ def write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def load_results(out_dir: str) -> dict:
+    """``<out>/results.json`` as a dict (an empty one when missing or unreadable)."""
+    try:
+        with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as existing:
+            merged = json.load(existing)
+    except (OSError, ValueError):
+        merged = {}
+    merged.setdefault("parts", {})
+    return merged
+
+
+def update_results(out_dir: str, **fields) -> dict:
+    """Set top-level ``fields`` of ``<out>/results.json``; returns the whole file's content."""
+    os.makedirs(out_dir, exist_ok=True)
+    merged = load_results(out_dir)
+    merged.update(fields)
+    write_json(os.path.join(out_dir, "results.json"), merged)
+    return merged
+
+
 def save_part(out_dir: str, part: str, result: dict) -> str:
-    """Write ``<out>/<part>.json`` and merge the part into ``<out>/results.json``."""
+    """Write ``<out>/<part>.json`` and merge the part into ``<out>/results.json`` (parts run
+    earlier into the same directory are kept, each with its own machine block)."""
     os.makedirs(out_dir, exist_ok=True)
     part_path = os.path.join(out_dir, f"{part}.json")
     write_json(part_path, result)
-    merged_path = os.path.join(out_dir, "results.json")
-    merged: dict = {"parts": {}}
-    try:
-        with open(merged_path, encoding="utf-8") as existing:
-            merged = json.load(existing)
-    except (OSError, ValueError):
-        pass
-    merged.setdefault("parts", {})[part] = result
-    merged["machine"] = result.get("machine")
-    merged["updated"] = result.get("machine", {}).get("date")
-    write_json(merged_path, merged)
+    merged = load_results(out_dir)
+    merged["parts"][part] = result
+    update_results(out_dir, parts=merged["parts"], machine=result.get("machine"),
+                   updated=result.get("machine", {}).get("date"))
     return part_path
 
 
@@ -254,6 +268,15 @@ class Table:
     columns: list[str]
     rows: list[list[str]]
     right_align_from: int = 1   # columns from this index on are numbers
+
+
+@dataclass
+class PartResult:
+    """What a part's ``run(ctx)`` returns: its JSON data, summary tables and target lines."""
+
+    data: dict
+    tables: list[Table]
+    targets: list[Target]
 
 
 @dataclass
