@@ -12,7 +12,8 @@ import pytest
 
 from client_util import FAST, url_of
 from metaq_client import (
-    ClientClosedError, InvalidGroupError, LocalOffsetStorage, Message, RequestTimeoutError, blocking,
+    ClientClosedError, ConnectionClosedError, InvalidGroupError, LocalOffsetStorage, Message, RequestTimeoutError,
+    blocking,
 )
 from metaq_client.blocking import FETCH_TIMEOUT, SEND_TIMEOUT
 from server_util import free_port, start_broker_process
@@ -180,3 +181,32 @@ def test_closing_abandons_a_blocked_listener_and_rolls_its_message_back(broker_u
             assert [m.body for m in again] == [b"m1", b"m2"]
     finally:
         release.set()
+
+
+def test_sends_report_ids_and_a_connection_lost_while_waiting(broker_url, tmp_path):
+    with blocking.Client(broker_url, recover_path=str(tmp_path / "rec")) as client:
+        with client.producer() as producer:
+            message = Message("ids", b"one", "a=1")
+            result = producer.send_message(message)
+            assert result.success and message.id == result.message_id and result.partition.partition == 0
+            with pytest.raises(TypeError):
+                producer.send("ids", "not bytes")
+
+    with socket.socket() as closing:  # reads one request, then closes the connection
+        closing.bind(("127.0.0.1", 0))
+        closing.listen(16)
+
+        def serve():
+            conn, _ = closing.accept()
+            with conn:
+                conn.recv(65536)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        with blocking.Client(url_of(closing.getsockname()[1]), recover_path=str(tmp_path / "rec2")) as client:
+            with client.producer() as producer:
+                started = time.monotonic()
+                with pytest.raises(ConnectionClosedError, match="closed by the broker"):
+                    producer.send("t", b"x", timeout=5)
+                assert time.monotonic() - started < 2
+        server.join()

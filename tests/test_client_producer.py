@@ -10,7 +10,7 @@ import trio
 
 from client_util import CLIENT_INI, FAST_CONNECTIONS, url_of
 from metaq_client import (
-    BrokerUnavailableError, ClientClosedError, HashSelector, Message, MetaqClient, NoPartitionError, Partition,
+    BrokerError, BrokerUnavailableError, ClientClosedError, HashSelector, Message, MetaqClient, NoPartitionError, Partition,
     ReadOnlyMessageError, SendResult, StaticPartitionSource,
 )
 from metaq_core import record
@@ -156,3 +156,63 @@ async def test_messages_up_to_the_transfer_limit(broker):
         too_big = await producer.send("test", b"x" * (4 * 1024 * 1024))
         assert not too_big.success and "maxTransferSize" in too_big.error_message
     assert stored(broker, "test", 0)[0][2].endswith(big[-100:])
+
+
+async def test_answers_a_put_cannot_have_are_broker_errors(nursery):
+    answers = iter([b"value 3 %d\r\nabc", b"result 200 5 %d\r\n1 2 x", b"result 200 0 %d\r\n",
+                    b"result 500 4 %d\r\nfull"])
+
+    async def odd_broker(stream):
+        decoder = FrameDecoder()
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            decoder.receive_data(data)
+            for event in decoder.events():
+                await stream.send_all(next(answers) % event.opaque)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, odd_broker, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with MetaqClient(url_of(port)) as client, client.producer() as producer:
+        with pytest.raises(BrokerError, match="value frame"):
+            await producer.send("test", b"x")
+        with pytest.raises(BrokerError, match="1 2 x"):
+            await producer.send("test", b"x")
+        with pytest.raises(BrokerError):
+            await producer.send("test", b"x")
+        assert await producer.send("test", b"x") == SendResult(False, error_message="full")
+        with pytest.raises(TypeError):
+            await producer.send("test", "text")
+        with pytest.raises(TypeError):
+            await producer.send("test", b"x", attribute=5)
+        assert client.statistics().requests == 4  # the refused arguments never reached the wire
+
+
+async def test_a_cancelled_send_drops_its_late_answer_and_the_connection_carries_on(nursery):
+    release = trio.Event()
+
+    async def slow_first_answer(stream):
+        decoder = FrameDecoder()
+        first = True
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            decoder.receive_data(data)
+            for event in decoder.events():
+                if first:
+                    first = False
+                    await release.wait()
+                body = b"9 0 %d" % (10 + len(event.data))
+                await stream.send_all(b"result 200 %d %d\r\n" % (len(body), event.opaque) + body)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, slow_first_answer, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with MetaqClient(url_of(port)) as client, client.producer() as producer:
+        with trio.move_on_after(0.2) as scope:
+            await producer.send("test", b"late")
+        assert scope.cancelled_caught
+        release.set()
+        assert await producer.send("test", b"x") == SendResult(True, 9, Partition(0, 0), 11)
+        assert client.statistics().dropped_answers == 1

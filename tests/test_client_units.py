@@ -10,7 +10,7 @@ import pytest
 
 from metaq_client import (
     HashSelector, InvalidGroupError, LocalOffsetStorage, Message, NoPartitionError, Partition, PartitionAcks,
-    RandomSelector, ReadOnlyMessageError, RecoverStore, RoundRobinSelector, TopicPartitionOffset,
+    RandomSelector, ReadOnlyMessageError, RecoverStore, RoundRobinSelector, SendResult, TopicPartitionOffset,
     validate_group,
 )
 from metaq_client.connection import OPAQUE_MIN, OpaqueGenerator, parse_url
@@ -204,3 +204,81 @@ async def test_recover_store_keeps_order_and_survives_reopen(tmp_path):
     target.write_bytes(bytes(raw))
     assert [m.body for _, m in await store.pending("g", "t")] == [b"m2", b"m3"]
     assert (tmp_path / "rec" / "t@g" / (name + ".corrupt")).exists()
+
+
+def test_opaques_are_unique_across_threads():
+    import threading
+
+    gen = OpaqueGenerator()
+    seen: list[list[int]] = [[] for _ in range(8)]
+
+    def draw(mine: list[int]) -> None:
+        for _ in range(20_000):
+            mine.append(gen())
+
+    threads = [threading.Thread(target=draw, args=(mine,)) for mine in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [o for mine in seen for o in mine]
+    assert len(set(everything)) == len(everything) == 160_000
+    assert sorted(everything) == list(range(OPAQUE_MIN, OPAQUE_MIN + 160_000))
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "pure"])
+def test_put_frames_are_what_the_frame_encoder_builds(implementation):
+    from metaq_client import codec
+    from metaq_core.wire import Put, encode
+
+    put_frame = codec.put_frame_py if implementation == "pure" else pytest.importorskip(
+        "metaq_core._client_codec").put_frame
+    for attribute in (None, "", "k=v", "ü" * 300):
+        for body in (b"", b"x", bytes(range(256)) * 9):
+            for partition, opaque in ((-1, -2**31), (0, 5), (7, 2**31 - 1)):
+                flag, data = record.make_data(body, attribute)
+                expected = encode(Put("top-ic", partition, flag, record.checksum(data), None, opaque, data))
+                raw_attribute = None if attribute is None else attribute.encode()
+                assert put_frame(b"top-ic", partition, body, raw_attribute, opaque) == expected
+    with pytest.raises(OverflowError):
+        put_frame(b"t", 2**31, b"", None, 0)
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "pure"])
+def test_put_answers_are_three_numbers(implementation):
+    from metaq_client import codec
+
+    put_answer = codec.put_answer_py if implementation == "pure" else pytest.importorskip(
+        "metaq_core._client_codec").put_answer
+    assert put_answer(b"246735974682333184 0 0") == (246735974682333184, 0, 0)
+    assert put_answer(b"-1 -1 9223372036854775807") == (-1, -1, 9223372036854775807)
+    for bad in (None, b"", b"1 2", b"1 2 3 ", b"1  2 3", b" 1 2 3", b"a 2 3", b"1 2 3 4", b"1 - 3", b"-"):
+        with pytest.raises(ValueError):
+            put_answer(bad)
+
+
+def test_topic_tokens_are_checked_topic_names():
+    from metaq_client.codec import topic_token
+    from metaq_core.errors import InvalidTopicError
+
+    assert topic_token("orders-ü") == "orders-ü".encode()
+    for bad in ("", "a b", "a\r\nb", "x/y", 5):
+        with pytest.raises(InvalidTopicError):
+            topic_token(bad)
+
+
+def test_partitions_and_send_results_are_immutable_ordered_values():
+    a, b = Partition(0, 3), Partition(1, 0)
+    assert str(a) == "0-3" and Partition(2, -1).is_random and not a.is_random
+    assert sorted([b, a, Partition(0, 1)]) == [Partition(0, 1), a, b]
+    assert {a: 1}[Partition(broker_id=0, partition=3)] == 1
+    with pytest.raises(AttributeError):
+        a.partition = 4
+    result = SendResult(True, 7, a, 100)
+    assert (result.success, result.message_id, result.partition, result.offset, result.error_message) == \
+        (True, 7, a, 100, None)
+    assert SendResult(False, error_message="403") == SendResult(False, None, None, -1, "403")
+    assert repr(result) == ("SendResult(success=True, message_id=7, partition=Partition(broker_id=0, partition=3), "
+                            "offset=100, error_message=None)")
+    with pytest.raises(AttributeError):
+        result.offset = 5
