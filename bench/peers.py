@@ -69,7 +69,7 @@ PAYLOAD = 1024
 TOPIC = "bench"
 NATS_STREAM = "BENCH"
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"   # Debian's unwrapped start script
-QUICK_POINTS = ((1, 1, 1), (16, 16, 1))
+QUICK_POINTS = ((1, 1, 1), (16, 16, 1))      # --quick: a smoke run over a tiny grid
 BEFORE_ACK = "before ack"
 ON_TIMER = "on a timer"
 
