@@ -16,7 +16,7 @@ from typing import Any
 
 from metaq_client.answers import text_of
 from metaq_client.codec import put_answer, put_frame, topic_token
-from metaq_client.connection import ConnectionPool, next_opaque
+from metaq_client.connection import Connection, ConnectionPool, next_opaque
 from metaq_client.errors import BrokerError, NoPartitionError
 from metaq_client.lifecycle import NurseryOwner
 from metaq_client.listeners import invoke
@@ -49,6 +49,7 @@ class Producer(NurseryOwner):
         self.default_topic = default_topic
         self._tokens: dict[str, bytes] = {}  # topic → its checked header token
         self._partitions: dict[tuple[int, int], Partition] = {}  # shared by the results
+        self._conn: Connection | None = None  # the fixed route's connection, while it is open
         #: direct-connect without a topic map: every put goes to one URL with partition -1 and the
         #: broker picks (no selector, no default topic): (url, broker id), else None
         self.fixed_route: tuple[str, int] | None = (
@@ -64,13 +65,23 @@ class Producer(NurseryOwner):
         fixed = self.fixed_route
         if fixed is None:
             return await self.send_message(Message(topic, body, attribute), partition_selector=partition_selector)
-        # the same checks as Message(topic, body, attribute) and send_message, without the Message
+        # put_frame inlined: the same checks as Message(topic, body, attribute) and send_message
         if self._nursery is None:
             self._open_nursery()
-        url, broker_id = fixed
-        frame, opaque = self.put_frame(topic, body, attribute, -1)
-        conn = self._pool.live_connection(url) or await self._pool.connection(url)
-        return self.result_of(await conn.request_frame(frame, opaque), broker_id)
+        token = self._tokens.get(topic) or self._token(topic)
+        if type(body) is not bytes:
+            body = as_bytes(body)
+        if attribute is not None:
+            if type(attribute) is not str:
+                check_attribute(attribute)
+            attribute = attribute.encode("utf-8")
+        conn = self._conn
+        if conn is None or conn.closed:
+            url = fixed[0]
+            conn = self._conn = self._pool.live_connection(url) or await self._pool.connection(url)
+        opaque = next_opaque()
+        return self.result_of(await conn.request_frame(put_frame(token, -1, body, attribute, opaque), opaque),
+                              fixed[1])
 
     async def send_message(self, message: Message, *,
                            partition_selector: PartitionSelector | None = None) -> SendResult:
