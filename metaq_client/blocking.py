@@ -9,7 +9,9 @@ that runs in a thread of its own.
             consumer.subscribe("orders", print, partitions=[0])
             ...
 
-Every call crosses into the loop with ``trio.from_thread`` and may come from any thread; calls
+Every call crosses into the loop with ``trio.from_thread`` and may come from any thread — except
+sends to a directly connected broker, which are encoded in the calling thread and handed to the
+connection through one batched ``run_sync_soon`` crossing, with no task per send. Calls
 that wait take a timeout with the Java defaults (send 3 s, fetch and others 10 s) and raise
 RequestTimeoutError when it expires. Callbacks you give (listeners, reject handlers, send
 callbacks) run in worker threads when they are plain callables, with the blocking objects; async

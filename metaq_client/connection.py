@@ -1,8 +1,9 @@
 """Connections to brokers: one TCP connection per broker URL, every request of every task
 pipelined on it and matched to its answer by opaque (protocol §2.5, §6.3).
 
-``Connection`` writes frames encoded by ``metaq_core.wire`` and reads answers with its
-``FrameDecoder``; when it closes, every outstanding request fails at once with
+``Connection`` writes encoded frames (``metaq_core.wire``, or the producer's ``codec``) straight to
+the socket, coalescing the frames queued in one scheduler round into one write, and reads answers
+with its ``FrameDecoder``; when it closes, every outstanding request fails at once with
 ConnectionClosedError. An idle connection is kept alive with ``version`` heartbeats and closed after
 three failed ones (Java's gecko rules, protocol §5.7). ``ConnectionPool`` keeps one connection per
 URL and re-establishes it with back-off; while it is down, requests fail fast with

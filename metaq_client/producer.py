@@ -5,6 +5,10 @@ One attempt per send, no automatic retry. A broker's refusal is a failed ``SendR
 broker's text (``"403"`` for a closed partition); no connection, or a connection lost before the
 answer, raises. The trio API takes no timeouts: wrap a send in ``trio.fail_after``. The producer
 never reads messages and never keeps state about partitions beyond its selector's.
+
+The frame is built by ``metaq_client.codec`` (one allocation, checksum included). Connected
+directly to one broker URL without a topic map, ``send`` skips the ``Message`` and the routing:
+the broker picks the partition, as Java's producer lets it with a fixed server URL.
 """
 
 from __future__ import annotations
