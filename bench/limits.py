@@ -201,7 +201,7 @@ def _fig(tree: dict | None, *path: str) -> float | None:
 
 def ratios_to_limits(results: dict) -> list[dict]:
     """Figures of the other parts (when present in ``results['parts']``) divided by this
-    machine's limits from the limits part. Each entry: what, system, value (with unit)."""
+    machine's limits from the limits part. Each entry: what, system, ratio (a figure in ×)."""
     parts = results.get("parts", {})
     limits = parts.get("limits")
     if not limits or "error" in limits:
@@ -215,7 +215,7 @@ def ratios_to_limits(results: dict) -> list[dict]:
 
     def add(what: str, system: str, value: float | None, unit: str = "×") -> None:
         if value is not None:
-            found.append({"what": what, "system": system, "value": figure(value, unit)})
+            found.append({"what": what, "system": system, "ratio": figure(value, unit)})
 
     peers = parts.get("peers")
     for row in (peers or {}).get("systems", []):
@@ -244,7 +244,7 @@ def ratios_to_limits(results: dict) -> list[dict]:
 def ratios_table(ratios: list[dict]) -> Table:
     return Table("Ratios to this machine's limits (measured in the same run)",
                  ["ratio", "system", "value"],
-                 [[r["what"], r["system"], fmt_number(r["value"]["value"], 3)] for r in ratios],
+                 [[r["what"], r["system"], fmt_number(r["ratio"]["value"], 3)] for r in ratios],
                  right_align_from=2)
 
 

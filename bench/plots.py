@@ -109,7 +109,7 @@ def plot_latency_cdfs(plt, results: dict, path: str) -> bool:
 
 
 def plot_limit_ratios(plt, results: dict, path: str) -> bool:
-    ratios = [r for r in results.get("ratios_to_limits") or [] if r["value"]["value"]]
+    ratios = [r for r in results.get("ratios_to_limits") or [] if r["ratio"]["value"]]
     if not ratios:
         return False
     kinds = list(dict.fromkeys(r["what"] for r in ratios))
@@ -118,7 +118,7 @@ def plot_limit_ratios(plt, results: dict, path: str) -> bool:
                              squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax, kind in zip(axes[:, 0], kinds):
         rows = [r for r in ratios if r["what"] == kind]
-        values = [r["value"]["value"] for r in rows]
+        values = [r["ratio"]["value"] for r in rows]
         ax.barh(range(len(rows)), values, color="tab:blue")
         ax.set_yticks(range(len(rows)), [r["system"] for r in rows], fontsize=8)
         ax.invert_yaxis()
