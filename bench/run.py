@@ -13,11 +13,13 @@ error and the run goes on; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 
 if __package__ in (None, ""):   # run as a script: make `bench` and `metaq_core` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,6 +61,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown part {part!r} (choose from {', '.join(PARTS)})")
     args.parts = list(dict.fromkeys(args.parts)) or list(PARTS)
     return args
+
+
+@contextlib.contextmanager
+def part_bar(total: int, *, enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar over the parts, below the progress lines, when rich is installed
+    and stdout is a terminal; otherwise the timestamped progress lines alone."""
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        enabled = False
+    if not enabled or not sys.stdout.isatty():
+        yield lambda description: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} parts"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(), redirect_stdout=True, redirect_stderr=True,
+                  transient=True) as bar:
+        task = bar.add_task("parts", total=total)
+        calls = [0]
+
+        def advance(description: str) -> None:
+            bar.update(task, completed=calls[0], description=description)
+            calls[0] += 1
+
+        yield advance
 
 
 def run_part(name: str, ctx: RunContext, *, plain: bool, position: str) -> dict:
@@ -131,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     machine = machine_info(ctx.data_root)
     ran: dict[str, dict] = {}
-    for index, name in enumerate(args.parts, 1):
-        ran[name] = run_part(name, ctx, plain=args.plain, position=f"[{index}/{len(args.parts)}]")
+    with part_bar(len(args.parts), enabled=not args.plain) as advance:
+        for index, name in enumerate(args.parts, 1):
+            advance(f"part {name}")
+            ran[name] = run_part(name, ctx, plain=args.plain, position=f"[{index}/{len(args.parts)}]")
+        advance("done")
     elapsed = time.monotonic() - started
     from bench.limits import ratios_table, ratios_to_limits
     results = update_results(out_dir, machine=machine, run={
