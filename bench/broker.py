@@ -46,6 +46,7 @@ from bench.common import (
     MIB,
     PROJECT_ROOT,
     CpuSampler,
+    PartResult,
     RunContext,
     Table,
     Target,
@@ -103,13 +104,6 @@ class Timing:
         if quick:
             return cls(warmup=0.3, window=0.7, drain_partition=32 * MIB, drain_bytes=256 * MIB)
         return cls(warmup=1.0, window=5.0, drain_partition=256 * MIB, drain_bytes=4096 * MIB)
-
-
-@dataclass
-class PartResult:
-    data: dict
-    tables: list[Table]
-    targets: list[Target]
 
 
 # ------------------------------------------------------------------------------ servers

@@ -28,6 +28,7 @@ from bench.common import (
     CpuSampler,
     MB,
     MIB,
+    PartResult,
     RunContext,
     Table,
     Target,
@@ -105,13 +106,6 @@ def append_cases() -> list[AppendCase]:
             for appenders in TRIO_APPENDERS:
                 cases.append(AppendCase(mode, size, appenders, "trio"))
     return cases
-
-
-@dataclass
-class PartResult:
-    data: dict
-    tables: list[Table]
-    targets: list[Target]
 
 
 # ----------------------------------------------------------------------- 0. calibration

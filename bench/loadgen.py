@@ -365,6 +365,19 @@ def _parse_metaq(conn: _Conn, data: bytes, now: int, record, stats: list) -> int
     return done
 
 
+def _answered_in_order(conn: _Conn, done: int, now: int, record) -> int:
+    """``done`` requests of an in-order protocol answered: their send times leave the FIFO."""
+    popleft = conn.fifo.popleft
+    if record is not None:
+        for _ in range(done):
+            record(now - popleft())
+    else:
+        for _ in range(done):
+            popleft()
+    conn.outstanding -= done
+    return done
+
+
 def _parse_redis(conn: _Conn, data: bytes, now: int, record, stats: list) -> int:
     buf = conn.rbuf
     buf += data
@@ -391,16 +404,7 @@ def _parse_redis(conn: _Conn, data: bytes, now: int, record, stats: list) -> int
         done += 1
     if pos:
         del buf[:pos]
-    fifo = conn.fifo
-    popleft = fifo.popleft
-    if record is not None:
-        for _ in range(done):
-            record(now - popleft())
-    else:
-        for _ in range(done):
-            popleft()
-    conn.outstanding -= done
-    return done
+    return _answered_in_order(conn, done, now, record)
 
 
 def _parse_nats(conn: _Conn, data: bytes, now: int, record, stats: list) -> int:
@@ -496,16 +500,7 @@ def _parse_amqp(conn: _Conn, data: bytes, now: int, record, stats: list) -> int:
         pos = end
     if pos:
         del buf[:pos]
-    fifo = conn.fifo
-    popleft = fifo.popleft
-    if record is not None:
-        for _ in range(done):
-            record(now - popleft())
-    else:
-        for _ in range(done):
-            popleft()
-    conn.outstanding -= done
-    return done
+    return _answered_in_order(conn, done, now, record)
 
 
 def _connect(host: str, port: int) -> socket.socket:

@@ -60,7 +60,6 @@ from bench.common import (
     data_dir,
     figure,
     fmt_number,
-    median,
     progress,
     ratio,
 )

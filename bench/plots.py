@@ -32,6 +32,20 @@ def _systems(results: dict) -> list[dict]:
     return [row for row in peers.get("systems", []) if not row.get("skipped")]
 
 
+def _save_throughput(plt, fig, ax, path: str, title: str) -> bool:
+    """Axes, legend and file of a msg/s-against-load plot."""
+    ax.set_yscale("log")
+    ax.set_xlabel("connections × pipeline depth")
+    ax.set_ylabel("msg/s (1 KiB messages, log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_peers_throughput(plt, results: dict, path: str) -> bool:
     systems = _systems(results)
     if not systems:
@@ -42,16 +56,7 @@ def plot_peers_throughput(plt, results: dict, path: str) -> bool:
         ys = [p["msg_per_s"]["value"] or 0 for p in row["points"]]
         style = "-" if row["sync"] == "before ack" else "--"
         ax.plot(xs, ys, style, marker="o", label=f"{row['name']} (synced {row['sync']})")
-    ax.set_yscale("log")
-    ax.set_xlabel("connections × pipeline depth")
-    ax.set_ylabel("msg/s (1 KiB messages, log scale)")
-    ax.set_title("Publish throughput, same load generator, one run")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save_throughput(plt, fig, ax, path, "Publish throughput, same load generator, one run")
 
 
 def plot_broker_throughput(plt, results: dict, path: str) -> bool:
@@ -68,16 +73,7 @@ def plot_broker_throughput(plt, results: dict, path: str) -> bool:
         if not entries[0]["redis"].get("skipped"):
             ax.plot(xs, [e["redis"]["msg_per_s"]["value"] or 0 for e in entries], "--s",
                     label=f"Redis appendfsync {entries[0]['redis_appendfsync']}")
-    ax.set_yscale("log")
-    ax.set_xlabel("connections × pipeline depth")
-    ax.set_ylabel("msg/s (1 KiB, log scale)")
-    ax.set_title("Broker part: metaq-trio vs Redis streams")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save_throughput(plt, fig, ax, path, "Broker part: metaq-trio vs Redis streams")
 
 
 def plot_latency_cdfs(plt, results: dict, path: str) -> bool:

@@ -19,28 +19,25 @@ MACHINE_KEYS = ("cpu_count", "kernel", "python", "packages", "date", "git_commit
 QUICK_LIMIT = 240       # seconds; the target is under 120 — this only catches a hang
 
 
-def figures(node, path="$"):
+def dicts(node, path="$"):
+    """Every dict in a JSON tree, with its path."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, child in node.items():
+            yield from dicts(child, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from dicts(child, f"{path}[{index}]")
+
+
+def figures(node):
     """Every ``{"value": …, "unit": …}`` figure in a JSON tree, with its path."""
-    if isinstance(node, dict):
-        if "value" in node and "unit" in node:
-            yield path, node
-        for key, child in node.items():
-            yield from figures(child, f"{path}.{key}")
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from figures(child, f"{path}[{index}]")
+    return [(path, d) for path, d in dicts(node) if "value" in d and "unit" in d]
 
 
-def unitless_values(node, path="$"):
+def unitless_values(node):
     """Paths of dicts that carry a ``value`` without a ``unit`` (a figure missing its unit)."""
-    if isinstance(node, dict):
-        if "value" in node and "unit" not in node:
-            yield path
-        for key, child in node.items():
-            yield from unitless_values(child, f"{path}.{key}")
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from unitless_values(child, f"{path}[{index}]")
+    return [path for path, d in dicts(node) if "value" in d and "unit" not in d]
 
 
 def check_machine(machine: dict) -> None:
@@ -75,7 +72,7 @@ def test_every_part_runs_and_writes_its_json(quick_run):
         check_machine(payload["machine"])
         assert payload["elapsed"]["unit"] == "s" and payload["elapsed"]["value"] >= 0
         assert payload["settings"]["quick"] is True
-        assert not list(unitless_values(payload)), part
+        assert not unitless_values(payload), part
 
 
 def test_results_json_has_the_machine_block_and_units(quick_run):
@@ -86,12 +83,12 @@ def test_results_json_has_the_machine_block_and_units(quick_run):
     assert set(results["parts"]) == set(PARTS)
     assert results["run"]["quick"] is True and results["run"]["failed"] == []
     assert results["run"]["elapsed"]["unit"] == "s"
-    found = list(figures(results))
+    found = figures(results)
     assert len(found) > 100
     for path, fig in found:
         assert isinstance(fig["unit"], str) and fig["unit"], path
         assert fig["value"] is None or isinstance(fig["value"], (int, float)), path
-    assert not list(unitless_values(results))
+    assert not unitless_values(results)
     kinds = {r["what"] for r in results["ratios_to_limits"]}
     assert any("fdatasync" in kind for kind in kinds)
     assert all(r["ratio"]["unit"] == "×" for r in results["ratios_to_limits"])
