@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "test (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain-text tables even if rich is installed")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    parser.add_argument("--markdown", action="store_true",
+                        help="run nothing: print the README's Performance tables (Markdown) from "
+                             "<out>/results.json")
     args = parser.parse_args(argv)
     for part in args.parts:
         if part not in PARTS:
@@ -152,9 +155,69 @@ def headline(name: str, payload: dict) -> str:
     return f"targets met: {passed}/{counted}" if counted else "see the part's tables"
 
 
+def _md_table(columns: list[str], rows: list[list[str]], right_from: int = 1) -> str:
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if i < right_from else "---:" for i in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The Performance section's tables, from a results.json: the machine, its limits, the
+    peers, the ratios to the limits, and a line per other part."""
+    m = results.get("machine") or {}
+    parts = results.get("parts", {})
+    out = [f"Measured {m.get('date', '?')} on {m.get('cpu_count', '?')} CPUs ({m.get('processor', '?')}), "
+           f"{m.get('kernel', '?').split(' #')[0]}, {m.get('python', '?')}, commit "
+           f"{(m.get('git_commit') or '?')[:10]}{' (with local changes)' if m.get('git_dirty') else ''}."]
+    limits = parts.get("limits")
+    if limits and "error" not in limits:
+        from bench.limits import tables as limit_tables
+        out.append(_md_table(["limit", "value", "unit"], limit_tables(limits)[0].rows))
+    peers = parts.get("peers")
+    if peers and "error" not in peers:
+        labels = [f"{p['connections']}×{p['depth']}" for p in peers["settings"]["load_points"]]
+        rows = []
+        for row in peers["systems"]:
+            name = f"{row['name']} {row.get('version') or ''}".strip()
+            if row.get("skipped"):
+                rows.append([name, "-", *[f"skipped: {row['reason']} (`{row['install']}`)"] + [""] * len(labels)])
+                continue
+            cells = []
+            for p in row["points"]:
+                cell = f"{p['msg_per_s']['value']:,.0f}"
+                r = (p.get("metaq_over_this") or {}).get("value")
+                cells.append(cell + (f" ({r:.2f})" if r else ""))
+            top = row["points"][-1]
+            cells.append(f"{top['p50_latency']['value']:.2f} / {top['p99_latency']['value']:.2f}")
+            rows.append([name, row["sync"], *cells])
+        s = peers["settings"]
+        out.append(f"Publishes of 1 KiB, msg/s at connections × pipeline depth (in brackets: "
+                   f"metaq-trio of the same sync class ÷ this system); median of {s['repetitions']} "
+                   f"windows of {s['window']['value']:g} s:")
+        out.append(_md_table(["system", "synced", *[f"{label} msg/s" for label in labels],
+                              f"{labels[-1]} p50 / p99 ms"], rows, right_from=2))
+        out.append("Durability of each row: " + "; ".join(
+            f"{row['name']}: {row['durability']}" for row in peers["systems"] if not row.get("skipped")) + ".")
+    ratios = results.get("ratios_to_limits") or []
+    if ratios:
+        out.append(_md_table(["ratio to the machine's limit", "system", "value"],
+                             [[r["what"], r["system"], f"{r['ratio']['value']:.3g}×"] for r in ratios],
+                             right_from=2))
+    others = [[name, headline(name, p) if "error" not in p else "failed"]
+              for name, p in parts.items() if name not in ("limits", "peers")]
+    if others:
+        out.append(_md_table(["part", "headline"], others, right_from=2))
+    return "\n\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = os.path.abspath(args.out)
+    if args.markdown:
+        from bench.common import load_results
+        print(markdown(load_results(out_dir)), end="")
+        return 0
     ctx = RunContext(quick=args.quick, out_dir=out_dir, data_root=os.path.abspath(args.data_dir))
     started = time.monotonic()
     machine = machine_info(ctx.data_root)
