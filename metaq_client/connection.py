@@ -98,8 +98,7 @@ class _Waiter:
 
     def __init__(self, task: trio.lowlevel.Task, opaque: int, pending: dict[int, Any]) -> None:
         self.task = task
-        self.answer: Result | Value | None = None
-        self.error: BaseException | None = None
+        self.answer: Result | Value | None = None  # stays None only when it failed
         self.opaque = opaque
         self.pending = pending
 
@@ -112,9 +111,10 @@ class _Waiter:
         trio.lowlevel.reschedule(self.task, self)
 
     def unwrap(self) -> Result | Value:
-        if self.error is not None:
+        answer = self.answer
+        if answer is None:
             raise self.error
-        return self.answer
+        return answer
 
     def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
         self.pending.pop(self.opaque, None)  # cancelled: an answer arriving later is dropped
@@ -168,16 +168,21 @@ class Connection:
     async def request_frame(self, frame: bytes, opaque: int) -> Result | Value:
         """Send the encoded ``frame``, whose opaque is ``opaque`` (from ``next_opaque``), and wait
         for its answer."""
+        return await trio.lowlevel.wait_task_rescheduled(self.enqueue(frame, opaque).abort)
+
+    def enqueue(self, frame: bytes, opaque: int) -> _Waiter:
+        """Queue ``frame`` for the current task, which must then wait for the answer with
+        ``await trio.lowlevel.wait_task_rescheduled(waiter.abort)`` right away (``request_frame``
+        in one call; the producer awaits it itself to save a coroutine per send)."""
         if self.closed:
             raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
         pending = self._pending
-        waiter = _Waiter(trio.lowlevel.current_task(), opaque, pending)
-        pending[opaque] = waiter
+        waiter = pending[opaque] = _Waiter(trio.lowlevel.current_task(), opaque, pending)
         self._counters.requests += 1
         self._out.append(frame)
         if self._writer_task is not None:
             self._wake_writer()
-        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)
+        return waiter
 
     def submit(self, frame: bytes, opaque: int, pending: Any) -> None:
         """Send ``frame`` without waiting: ``pending.resolve(answer)`` or ``pending.fail(error)`` is

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from trio.lowlevel import wait_task_rescheduled
 
 from metaq_client.answers import text_of
 from metaq_client.codec import put_answer, put_frame, topic_token
@@ -84,8 +85,8 @@ class Producer(NurseryOwner):
             url = fixed[0]
             conn = self._conn = self._pool.live_connection(url) or await self._pool.connection(url)
         opaque = next_opaque()
-        return self.result_of(await conn.request_frame(put_frame(token, -1, body, attribute, opaque), opaque),
-                              fixed[1])
+        waiter = conn.enqueue(put_frame(token, -1, body, attribute, opaque), opaque)
+        return self.result_of(await wait_task_rescheduled(waiter.abort), fixed[1])
 
     async def send_message(self, message: Message, *,
                            partition_selector: PartitionSelector | None = None) -> SendResult:
