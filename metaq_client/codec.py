@@ -1,5 +1,6 @@
 """The client's per-message codec: ``put_frame`` builds a whole ``put`` frame (7-token 1.4.4 form,
-with its checksum) and ``put_answer`` parses the body of a put's ``result 200`` answer.
+with its checksum), ``put_answer`` parses the body of a put's ``result 200`` answer and
+``put_result`` turns it into the ``SendResult`` at once.
 
 Compiled (``metaq_core._client_codec``) unless ``METAQ_PURE_PYTHON=1`` or the extension is not
 built; the pure functions here are its twin, byte for byte what ``metaq_core.frames.encode``
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from typing import Any
 
 from metaq_core.naming import validate_topic
 
@@ -46,13 +48,27 @@ def put_answer_py(body: bytes | None) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
+def put_result_py(body: bytes | None, broker_id: int, partitions: dict[int, Any], result_type: type,
+                  partition_type: type, max_cached: int) -> Any:
+    """``put_answer`` straight into ``result_type(True, id, partition, offset, None)`` (a tuple
+    subclass), the partition ``partition_type(broker_id, number)`` taken from ``partitions``
+    (number → partition of that broker; filled while it has fewer than ``max_cached``)."""
+    msg_id, number, offset = put_answer_py(body)
+    partition = partitions.get(number)
+    if partition is None:
+        partition = partition_type(broker_id, number)
+        if len(partitions) < max_cached:
+            partitions[number] = partition
+    return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
+
+
 if os.environ.get("METAQ_PURE_PYTHON") == "1":
-    put_frame, put_answer = put_frame_py, put_answer_py
+    put_frame, put_answer, put_result = put_frame_py, put_answer_py, put_result_py
     IMPLEMENTATION = "python"
 else:
     try:
-        from metaq_core._client_codec import put_answer, put_frame  # noqa: F401
+        from metaq_core._client_codec import put_answer, put_frame, put_result  # noqa: F401
         IMPLEMENTATION = "cython"
     except ImportError:  # the extension is not built (a source checkout without build_ext)
-        put_frame, put_answer = put_frame_py, put_answer_py
+        put_frame, put_answer, put_result = put_frame_py, put_answer_py, put_result_py
         IMPLEMENTATION = "python"

@@ -20,7 +20,7 @@ from typing import Any
 from trio.lowlevel import wait_task_rescheduled
 
 from metaq_client.answers import text_of
-from metaq_client.codec import put_answer, put_frame, topic_token
+from metaq_client.codec import put_frame, put_result, topic_token
 from metaq_client.connection import Connection, ConnectionPool, next_opaque
 from metaq_client.errors import BrokerError, NoPartitionError
 from metaq_client.lifecycle import NurseryOwner
@@ -33,7 +33,6 @@ from metaq_core.wire import Result, Value
 log = logging.getLogger("metaq.client")
 
 _MAX_CACHED_PARTITIONS = 4096
-_new_tuple = tuple.__new__
 
 SendCallback = Callable[[SendResult], Any]
 ErrorCallback = Callable[[BaseException], Any]
@@ -53,7 +52,7 @@ class Producer(NurseryOwner):
         self._selector = partition_selector or RoundRobinSelector()
         self.default_topic = default_topic
         self._tokens: dict[str, bytes] = {}  # topic → its checked header token
-        self._partitions: dict[tuple[int, int], Partition] = {}  # shared by the results
+        self._partitions: dict[int, dict[int, Partition]] = {}  # broker id → number → one shared Partition
         self._conn: Connection | None = None  # the fixed route's connection, while it is open
         #: direct-connect without a topic map: every put goes to one URL with partition -1 and the
         #: broker picks (no selector, no default topic): (url, broker id), else None
@@ -124,17 +123,13 @@ class Producer(NurseryOwner):
             raise BrokerError(0, "a put was answered with a value frame")
         status = answer.status
         if status == 200:
+            partitions = self._partitions.get(broker_id)
+            if partitions is None:
+                partitions = self._partitions[broker_id] = {}
             try:
-                msg_id, actual, offset = put_answer(answer.body)
+                return put_result(answer.body, broker_id, partitions, SendResult, Partition, _MAX_CACHED_PARTITIONS)
             except ValueError:
                 raise BrokerError(200, f"a put was answered {text_of(answer)!r}") from None
-            key = (broker_id, actual)
-            partition = self._partitions.get(key)
-            if partition is None:
-                partition = Partition(broker_id, actual)
-                if len(self._partitions) < _MAX_CACHED_PARTITIONS:
-                    self._partitions[key] = partition
-            return _new_tuple(SendResult, (True, msg_id, partition, offset, None))
         if status == 403:
             return SendResult(False, error_message="403")
         return SendResult(False, error_message=text_of(answer))

@@ -118,3 +118,28 @@ def put_answer(bytes body):
             if _number(s, n, &at, &offset) == 0 and at == n:
                 return (msg_id, partition, offset)
     raise ValueError(f"not the answer to a put: {body!r}")
+
+
+def put_result(bytes body, broker_id, dict partitions, result_type, partition_type, Py_ssize_t max_cached):
+    """``put_answer`` straight into ``result_type(True, id, partition, offset, None)`` (a tuple
+    subclass), the partition ``partition_type(broker_id, number)`` taken from ``partitions``
+    (number → partition of that broker; filled while it has fewer than ``max_cached``)."""
+    cdef const char* s
+    cdef Py_ssize_t n, at = 0
+    cdef int64_t msg_id, number, offset
+    if body is not None:
+        s = PyBytes_AS_STRING(body)
+        n = PyBytes_GET_SIZE(body)
+        if _number(s, n, &at, &msg_id) == 0 and at < n:
+            at += 1
+            if _number(s, n, &at, &number) == 0 and at < n:
+                at += 1
+                if _number(s, n, &at, &offset) == 0 and at == n:
+                    key = number
+                    partition = partitions.get(key)
+                    if partition is None:
+                        partition = partition_type(broker_id, key)
+                        if len(partitions) < max_cached:
+                            partitions[key] = partition
+                    return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
+    raise ValueError(f"not the answer to a put: {body!r}")

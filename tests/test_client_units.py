@@ -282,3 +282,21 @@ def test_partitions_and_send_results_are_immutable_ordered_values():
                             "offset=100, error_message=None)")
     with pytest.raises(AttributeError):
         result.offset = 5
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "pure"])
+def test_put_results_share_one_partition_object_per_number(implementation):
+    from metaq_client import codec
+
+    put_result = codec.put_result_py if implementation == "pure" else pytest.importorskip(
+        "metaq_core._client_codec").put_result
+    cache: dict = {}
+    first = put_result(b"10 3 100", 7, cache, SendResult, Partition, 2)
+    second = put_result(b"11 3 134", 7, cache, SendResult, Partition, 2)
+    assert first == SendResult(True, 10, Partition(7, 3), 100) and type(first) is SendResult
+    assert second.partition is first.partition and cache == {3: Partition(7, 3)}
+    put_result(b"12 4 0", 7, cache, SendResult, Partition, 2)
+    put_result(b"13 5 0", 7, cache, SendResult, Partition, 2)
+    assert sorted(cache) == [3, 4]  # bounded
+    with pytest.raises(ValueError):
+        put_result(b"1 2", 7, cache, SendResult, Partition, 2)
