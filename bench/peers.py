@@ -37,6 +37,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 
 from bench import loadgen
 from bench.broker import (
@@ -143,7 +144,6 @@ class Metaq(System):
                            + ("answered after fdatasync" if self.sync == BEFORE_ACK else
                               "answered once written; synced every 1000 messages or 1 s") + ")")
         self.broker: BrokerProcess | None = None
-        from importlib import metadata
         self.version = metadata.version("metaq-trio")
 
     def start(self, directory: str) -> None:
