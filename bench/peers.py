@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from bench import loadgen
 from bench.broker import (
     LOAD_POINTS,
     MODES,
+    STOP_TIMEOUT,
     BrokerProcess,
     RedisProcess,
     _stop,
@@ -277,6 +279,7 @@ class RabbitServer:
         self.directory = directory
         self.port = free_port()
         self.epmd_port = free_port()
+        self.dist_port = free_port()
         self.log = os.path.join(directory, "rabbitmq.log")
         self.proc: subprocess.Popen | None = None
         self.beam: int | None = None
@@ -287,7 +290,7 @@ class RabbitServer:
         env.update({
             "HOME": d, "RABBITMQ_NODENAME": f"bench{self.port}@localhost",
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()), "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port), "ERL_EPMD_PORT": str(self.epmd_port),
             "RABBITMQ_MNESIA_BASE": os.path.join(d, "mnesia"), "RABBITMQ_LOG_BASE": os.path.join(d, "log"),
             "RABBITMQ_LOGS": "-", "RABBITMQ_PID_FILE": os.path.join(d, "rabbitmq.pid"),
             "RABBITMQ_CONFIG_FILE": os.path.join(d, "rabbitmq.conf"),
@@ -307,23 +310,43 @@ class RabbitServer:
             self.proc = subprocess.Popen([RABBITMQ_SERVER], env=self.env(), cwd=self.directory,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        _wait_listening(self.proc, self.port, "rabbitmq-server", self.log)
+        try:
+            _wait_listening(self.proc, self.port, "rabbitmq-server", self.log)
+        except BaseException:
+            self.stop()
+            raise
         from bench.cluster import children_of
         beams = children_of(self.proc.pid)
         self.beam = beams[0] if beams else self.proc.pid
         return self
 
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def stop(self) -> None:
+        """SIGTERM to the start script's process group (the script and its Erlang VM: it was
+        started in a session of its own), SIGKILL after STOP_TIMEOUT, then ``epmd -kill``."""
         if self.proc is None:
             return
-        if self.beam and self.beam != self.proc.pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._group_alive():
+            progress("rabbitmq-server did not stop on SIGTERM: killing it")
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.beam, 15)
+                os.killpg(self.proc.pid, signal.SIGKILL)
         _stop(self.proc, "rabbitmq-server")
         epmd = shutil.which("epmd")
         if epmd:
             subprocess.run([epmd, "-kill"], env=self.env(), capture_output=True, timeout=30, check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
+        self.proc = None
 
 
 class Rabbit(System):
