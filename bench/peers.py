@@ -321,6 +321,7 @@ class RabbitServer:
         return self
 
     def _group_alive(self) -> bool:
+        self.proc.poll()                    # reap the start script: a zombie still holds the group
         try:
             os.killpg(self.proc.pid, 0)
         except ProcessLookupError:
@@ -328,12 +329,16 @@ class RabbitServer:
         return True
 
     def stop(self) -> None:
-        """SIGTERM to the start script's process group (the script and its Erlang VM: it was
-        started in a session of its own), SIGKILL after STOP_TIMEOUT, then ``epmd -kill``."""
+        """SIGTERM to the Erlang VM (the start script then exits; a SIGTERM to the script itself
+        is not enough), SIGKILL to the script's process group (it was started in a session of
+        its own) after STOP_TIMEOUT, then ``epmd -kill``."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            if self.beam and self.beam != self.proc.pid:
+                os.kill(self.beam, signal.SIGTERM)
+            else:
+                os.killpg(self.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         while self._group_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
