@@ -102,7 +102,7 @@ class Timing:
     @classmethod
     def for_run(cls, quick: bool) -> Timing:
         if quick:
-            return cls(warmup=0.3, window=0.7, drain_partition=32 * MIB, drain_bytes=256 * MIB)
+            return cls(warmup=0.2, window=0.5, drain_partition=32 * MIB, drain_bytes=256 * MIB)
         return cls(warmup=1.0, window=5.0, drain_partition=256 * MIB, drain_bytes=4096 * MIB)
 
 

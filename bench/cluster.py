@@ -90,7 +90,7 @@ class Timing:
     @classmethod
     def for_run(cls, quick: bool) -> Timing:
         if quick:
-            return cls(warmup=0.5, window=2.0, scaling_reps=1, failover_reps=1)
+            return cls(warmup=0.3, window=1.0, scaling_reps=1, failover_reps=1)
         return cls(warmup=1.0, window=5.0, scaling_reps=3, failover_reps=5)
 
 

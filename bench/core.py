@@ -74,8 +74,8 @@ class Timing:
     @classmethod
     def for_run(cls, quick: bool) -> Timing:
         if quick:
-            return cls(calibration=0.2, probe=0.03, fsync=0.5, warmup=0.1, window=0.3,
-                       raw=0.2, scan_bytes=32 * MIB)
+            return cls(calibration=0.2, probe=0.03, fsync=0.5, warmup=0.08, window=0.2,
+                       raw=0.15, scan_bytes=32 * MIB)
         return cls(calibration=1.0, probe=0.1, fsync=2.0, warmup=0.5, window=3.0,
                    raw=3.0, scan_bytes=256 * MIB)
 

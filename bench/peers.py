@@ -83,7 +83,7 @@ class Timing:
 
     @classmethod
     def for_run(cls, quick: bool) -> Timing:
-        return cls(warmup=0.2, window=0.5) if quick else cls(warmup=1.0, window=5.0)
+        return cls(warmup=0.1, window=0.3) if quick else cls(warmup=1.0, window=5.0)
 
 
 def _version_of(command: list[str]) -> str | None:
