@@ -147,7 +147,10 @@ class _Loop:
             self._drain_scheduled = True
         try:
             self._live_token().run_sync_soon(self._drain_calls)
-        except trio.RunFinishedError:
+        except (trio.RunFinishedError, ClientClosedError):
+            with self._calls_lock:  # nobody will drain: the next call must fail the same way
+                self._calls.clear()
+                self._drain_scheduled = False
             raise ClientClosedError("the client is closed") from None
 
     def _drain_calls(self) -> None:
