@@ -76,12 +76,14 @@ cdef int _writev_all(int fd, iovec* iov, int count, size_t* written) noexcept no
     return 0
 
 
-def append_records(int fd, list items) -> list:
+def append_records(int fd, list items, bint sync=False) -> list:
     """Append records to ``fd`` with vectored writes, computing headers and checksums unlocked.
 
     ``items`` is a list of (data: bytes, flag, msg_id, checksum) — checksum -1 means compute it.
-    Returns the record sizes (20 + len(data)) in order. On failure raises BatchWriteError carrying
-    how many bytes did reach the file, so the caller can cut the file back.
+    With ``sync`` the file is also fdatasync'ed in the same unlocked stretch (one GIL hand-off
+    per group commit instead of two). Returns the record sizes (20 + len(data)) in order. On a
+    write failure raises BatchWriteError carrying how many bytes did reach the file, so the
+    caller can cut the file back; a failed fdatasync raises OSError.
     """
     cdef Py_ssize_t n = len(items)
     cdef Py_ssize_t i
@@ -93,6 +95,7 @@ def append_records(int fd, list items) -> list:
     cdef int32_t* flags
     cdef size_t written = 0
     cdef int err = 0
+    cdef int sync_err = 0
     cdef object data
     cdef list sizes = [0] * n
     cdef long long crc
@@ -134,8 +137,12 @@ def append_records(int fd, list items) -> list:
                                            <size_t>lengths[i])
                 write_header(headers + i * HEADER_SIZE, lengths[i], crcs[i], ids[i], flags[i])
             err = _writev_all(fd, iov, <int>(2 * n), &written)
+            if sync and not err and fdatasync(fd) != 0:
+                sync_err = errno
         if err:
             raise BatchWriteError(err, written)
+        if sync_err:
+            raise OSError(sync_err, _strerror(sync_err))
         return sizes
     finally:
         PyMem_Free(headers)

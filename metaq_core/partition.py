@@ -503,6 +503,10 @@ class PartitionLog:
 
     def _sync(self, tail: Segment) -> None:
         _segment.datasync(tail.fileno())
+        self._synced(tail)
+
+    def _synced(self, tail: Segment) -> None:
+        """Bookkeeping after an fdatasync of ``tail`` that covered everything written."""
         self._counters["syncs"] += 1
         tail.durable = tail.written
         self._unflushed = 0
@@ -528,15 +532,19 @@ class PartitionLog:
             items = [item for request in batch for item in request.items]
             appends = sum(1 for r in batch if r.items)
             try:
-                if items:
-                    _segment.append_records(tail.fileno(), items)
+                synced = False
+                if items:  # group commit: write and fdatasync in one call
+                    _segment.append_records(tail.fileno(), items, self.group_commit)
+                    synced = self.group_commit
                 position = tail.start + before
                 for request in batch:
                     request.offset = position
                     position += request.size
                 tail.written = position - tail.start
                 self._unflushed += appends
-                if self.group_commit or self._threshold_reached() or any(r.flush for r in batch):
+                if synced:
+                    self._synced(tail)
+                elif self.group_commit or self._threshold_reached() or any(r.flush for r in batch):
                     self._sync(tail)
             except OSError as exc:
                 self._fail_io(tail, before, exc, batch)

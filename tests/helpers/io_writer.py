@@ -48,9 +48,9 @@ def main() -> None:
     failing: list[dict] = []
     real_append = _segment.append_records
 
-    def recording_append(fd, items):
+    def recording_append(fd, items, sync=False):
         try:
-            return real_append(fd, items)
+            return real_append(fd, items, sync)
         except _segment.BatchWriteError as exc:
             failing.append({
                 "tags": [tag_of(item[0]) for item in items],
