@@ -1,6 +1,7 @@
 """Smoke test of the benchmark tool: ``python bench/run.py --quick`` runs every part and writes
 valid JSON — a machine block, units on every figure, peers measured or skipped with an install
-command, plots written or skipped with a reason. It asserts no speed."""
+command, plots written or skipped with a reason. It asserts no speed. Also the load generator's
+NATS and AMQP answer parsing and the plots' fallback without matplotlib, on their own."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:            # `bench` is a directory of the checkout, not an installed package
+    sys.path.insert(0, ROOT)
 PARTS = ("limits", "core", "broker", "client", "cluster", "peers")
 MACHINE_KEYS = ("cpu_count", "kernel", "python", "packages", "date", "git_commit")
 QUICK_LIMIT = 240       # seconds; the target is under 120 — this only catches a hang
@@ -151,3 +154,69 @@ def test_plots_are_written_or_skipped_with_a_reason(quick_run):
     for path in plots["written"]:
         with open(path, "rb") as png:
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------- pieces of the tool, without running it
+
+class _FakeSocket:
+    def __init__(self) -> None:
+        self.sent = bytearray()
+
+    def fileno(self) -> int:
+        return 1000
+
+    def send(self, data) -> int:
+        self.sent += data
+        return len(data)
+
+
+class _FakePoll:
+    def modify(self, fd, mask) -> None:
+        pass
+
+
+def _conn(protocol: str, ring: int = 1):
+    from bench import loadgen
+    return loadgen, loadgen._Conn(_FakeSocket(), _FakePoll(), protocol, [b""] * ring, ring)
+
+
+def test_amqp_confirms_count_multiple_and_out_of_order_tags():
+    loadgen, conn = _conn("amqp")
+    conn.fifo.extend([10, 20, 30, 40, 50])
+    conn.outstanding = 5
+
+    def ack(tag: int, multiple: bool, method: int = 80) -> bytes:
+        return loadgen._amqp_method(1, 60, method, tag.to_bytes(8, "big") + bytes([multiple]))
+
+    latencies, stats = [], [0, None]
+    # tag 2 alone, then a multiple ack up to 3 (confirms 1 and 3), then a nack of 4 split
+    # across two reads
+    data = ack(2, False) + ack(3, True) + ack(4, False, method=120)
+    assert loadgen._parse_amqp(conn, data[:-5], 100, latencies.append, stats) == 3
+    assert latencies == [90, 80, 70] and stats[0] == 0 and conn.acked == 3
+    assert loadgen._parse_amqp(conn, data[-5:], 100, latencies.append, stats) == 1
+    assert stats == [1, "basic.nack of delivery tag 4"] and conn.outstanding == 1
+    assert loadgen._parse_amqp(conn, ack(4, False), 100, None, stats) == 0   # already counted
+
+
+def test_nats_acks_are_matched_by_inbox_slot_and_pings_answered():
+    loadgen, conn = _conn("nats", ring=4)
+    conn.sent_at[:] = [0, 5, 0, 7]
+    conn.outstanding = 2
+    ok = b'{"stream":"BENCH","seq":9}'
+    data = (b"PING\r\nMSG _INBOX.1x0.3 1 %d\r\n%s\r\n" % (len(ok), ok)
+            + b"HMSG _INBOX.1x0.1 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n")
+    latencies, stats = [], [0, None]
+    assert loadgen._parse_nats(conn, data, 10, latencies.append, stats) == 2
+    assert latencies == [3, 5]
+    assert stats[0] == 1                        # the 503 (no responders) is an error answer
+    assert conn.sent_at == [0, 0, 0, 0] and conn.outstanding == 0
+    assert bytes(conn.sock.sent) == b"PONG\r\n"
+
+
+def test_plots_are_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch):
+    from bench import plots
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = plots.write_plots({"parts": {}}, str(tmp_path))
+    assert result["written"] == [] and "matplotlib is not installed" in result["skipped"]
+    assert list(tmp_path.iterdir()) == []
