@@ -145,23 +145,26 @@ class Connection:
         fd = self.stream.socket.fileno()
         buffer = bytearray(RECEIVE_SIZE)
         view = memoryview(buffer)
-        waited = True
+        ready = False   # the last read filled the buffer: more may be waiting already
         while True:
             while self.inflight >= MAX_INFLIGHT:  # the client does not read its answers
                 self._progress = trio.Event()
                 await self._progress.wait()
             # Read straight from the socket: one task step per receive instead of trio's two
-            # (its receive_some yields after every successful read); a yield is still taken
-            # between two reads that both found data, so a flooding client cannot starve others.
+            # (its receive_some yields after every successful read). After a short read the
+            # socket was drained, so wait for readiness at once rather than try a read that
+            # would find nothing; after a full one read again, yielding first so that a
+            # flooding client cannot starve the others.
+            if ready:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(fd)
             try:
                 size = os.readv(fd, (buffer,))
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                waited = True
+                ready = False
                 continue
-            if not waited:
-                await trio.lowlevel.checkpoint()
-            waited = False
+            ready = size == RECEIVE_SIZE
             if not size:
                 return
             self._last_io = trio.current_time()
