@@ -31,7 +31,10 @@ Drain (``run_drain``, ``run_raw_loopback``)
     (``recv_into``), moves its offset by the complete records of each answer, and repeats for
     ``passes`` passes. The baseline is a sender/receiver pair of Python processes moving the same
     number of bytes over a loopback TCP socket with large ``send``/``recv_into`` calls. Neither
-    side decodes the records: both measure moving the bytes.
+    side decodes the records: both measure moving the bytes. The Redis twin
+    (``run_xread_drain``) reads a stream with ``XREAD COUNT <n>`` one request at a time; it must
+    walk each reply's RESP framing (the last entry id is where the next read starts) but skips
+    the values by length.
 
 Clocks: ``time.monotonic_ns`` (CLOCK_MONOTONIC, the same clock in every process of the machine).
 """
@@ -97,13 +100,14 @@ def metaq_put_frames(load: PutLoad, ring: int) -> list[bytes]:
     return [encode(Put(load.key, 0, 0, crc, None, opaque, data)) for opaque in range(ring)]
 
 
+def redis_command(*parts: bytes) -> bytes:
+    """A RESP array of bulk strings."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
 def redis_xadd_frame(load: PutLoad) -> bytes:
     """``XADD <key> * f <value>`` as a RESP array of bulk strings."""
-    parts = [b"XADD", load.key.encode(), b"*", b"f", payload_bytes(load.payload)]
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
+    return redis_command(b"XADD", load.key.encode(), b"*", b"f", payload_bytes(load.payload))
 
 
 # ------------------------------------------------------------------ NATS (JetStream)
@@ -876,6 +880,143 @@ def run_drain(port: int, topic: str, start: int, end: int, record_size: int, max
     finally:
         reap([(proc, pipe)])
     result["mb_per_s"] = result["record_bytes"] / result["elapsed"] / 1e6
+    result["client_cpu_cores"] = result["cpu_seconds"] / result["elapsed"]
+    result["server_cpu_cores"] = (None if cpu0 is None or cpu1 is None
+                                  else (cpu1 - cpu0) / ((m1 - m0) / 1e9))
+    return result
+
+
+def redis_fill(port: int, key: str, count: int, payload: int, batch: int = 1000) -> None:
+    """``XADD`` ``count`` messages of ``payload`` bytes to stream ``key``, ``batch`` at a time
+    in one pipeline, waiting for every batch's replies (``$<n>\r\n<id>\r\n`` each)."""
+    frame = redis_xadd_frame(PutLoad("redis", port, 1, 1, 1, payload=payload, key=key))
+    with socket.create_connection((HOST, port), timeout=60) as sock:
+        left = count
+        while left:
+            n = min(batch, left)
+            sock.sendall(frame * n)
+            replies = bytearray()
+            while replies.count(b"\r\n") < 2 * n:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    raise ConnectionError("redis-server closed the connection while filling")
+                replies += data
+            if replies.startswith(b"-") or b"\n-" in replies:
+                raise RuntimeError(f"XADD failed: {bytes(replies[:200])!r}")
+            left -= n
+
+
+class _RespReader:
+    """Reads RESP from a blocking socket: whole lines, or ``n`` bytes and their CRLF."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.pos = 0
+        self.wire = 0
+
+    def _more(self) -> None:
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            raise ConnectionError("redis-server closed the connection")
+        self.buf += data
+        self.wire += len(data)
+
+    def line(self) -> bytes:
+        while True:
+            nl = self.buf.find(b"\r\n", self.pos)
+            if nl >= 0:
+                out = bytes(self.buf[self.pos:nl])
+                self.pos = nl + 2
+                return out
+            self._more()
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        while len(self.buf) < end + 2:
+            self._more()
+        out = bytes(self.buf[self.pos:end])
+        self.pos = end + 2
+        return out
+
+    def skip(self, n: int) -> None:
+        while len(self.buf) < self.pos + n + 2:
+            self._more()
+        self.pos += n + 2
+
+    def compact(self) -> None:
+        del self.buf[:self.pos]
+        self.pos = 0
+
+
+def _xread_consumer(port: int, key: str, count: int, batch: int, passes: int, payload: int,
+                    pipe) -> None:
+    """Read stream ``key`` from the start, ``XREAD COUNT <batch>`` one request at a time, for
+    ``passes`` passes of ``count`` entries. The reply's framing is walked (an entry's id is where
+    the next read starts); the values are skipped by length, not copied."""
+    try:
+        sock = socket.create_connection((HOST, port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = _RespReader(sock)
+        latencies = []
+        requests = entries = 0
+        pipe.send(("ready", os.getpid()))
+        _expect(pipe, "go", READY_TIMEOUT, "XREAD consumer")
+        cpu0, t0 = time.process_time(), time.monotonic_ns()
+        head = [b"XREAD", b"COUNT", b"%d" % batch, b"STREAMS", key.encode()]
+        for _ in range(passes):
+            last, got = b"0-0", 0
+            while got < count:
+                s = time.monotonic_ns()
+                sock.sendall(redis_command(*head, last))
+                top = reader.line()
+                if top != b"*1":
+                    raise RuntimeError(f"XREAD after {last!r} ({got} of {count} read): {top!r}")
+                reader.line()                                   # *2: the stream, its entries
+                reader.skip(int(reader.line()[1:]))             # the stream's name
+                n = int(reader.line()[1:])
+                for _ in range(n):
+                    reader.line()                               # *2: id, fields
+                    last = reader.take(int(reader.line()[1:]))
+                    reader.line()                               # *2: field, value
+                    reader.skip(int(reader.line()[1:]))
+                    size = int(reader.line()[1:])
+                    if size != payload:
+                        raise RuntimeError(f"XREAD: a value of {size} bytes, expected {payload}")
+                    reader.skip(size)
+                reader.compact()
+                latencies.append(time.monotonic_ns() - s)
+                got += n
+                entries += n
+                requests += 1
+        elapsed = (time.monotonic_ns() - t0) / 1e9
+        cpu = time.process_time() - cpu0
+        sock.close()
+        latencies.sort()
+        pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu, "messages": entries,
+                            "wire_bytes": reader.wire, "requests": requests,
+                            "p50_ms": quantile(latencies, 0.5) / 1e6,
+                            "p99_ms": quantile(latencies, 0.99) / 1e6}))
+    except BaseException as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        pipe.close()
+
+
+def run_xread_drain(port: int, key: str, count: int, batch: int, passes: int, payload: int,
+                    server_pid: int) -> dict:
+    """``passes`` sequential passes of ``XREAD COUNT <batch>`` over the ``count`` entries of
+    stream ``key`` (the Redis twin of ``run_drain``)."""
+    proc, pipe = _spawn(_xread_consumer, port, key, count, batch, passes, payload)
+    try:
+        _expect(pipe, "ready", READY_TIMEOUT, "XREAD consumer")
+        cpu0, m0 = process_cpu_seconds(server_pid), time.monotonic_ns()
+        pipe.send(("go",))
+        result = _expect(pipe, "done", 600, "XREAD consumer")[1]
+        cpu1, m1 = process_cpu_seconds(server_pid), time.monotonic_ns()
+    finally:
+        reap([(proc, pipe)])
+    result["msg_per_s"] = result["messages"] / result["elapsed"]
     result["client_cpu_cores"] = result["cpu_seconds"] / result["elapsed"]
     result["server_cpu_cores"] = (None if cpu0 is None or cpu1 is None
                                   else (cpu1 - cpu0) / ((m1 - m0) / 1e9))

@@ -18,6 +18,9 @@ pipelined frames) with 1 KiB messages at the same connections × pipeline depth 
   publisher confirms (AMQP 0-9-1 spoken by the load generator itself); one server for the part,
   a new queue per window.
 
+Consume side: metaq ``get`` (maxSize 1 MiB) against Redis ``XREAD COUNT 1000``, each reading the
+same 1 KiB messages from the start, one request at a time (page cache, several passes).
+
 A missing optional peer is reported as skipped with its install command; nothing is made up.
 Ratios: metaq ÷ peer msg/s at the same load point, against the metaq mode with the same
 durability — peers that sync before they answer against group commit, peers that sync on a
@@ -42,20 +45,25 @@ from importlib import metadata
 
 from bench import loadgen
 from bench.broker import (
+    DRAIN_TOPIC,
+    GET_MAX_SIZE,
     LOAD_POINTS,
     MODES,
+    RECORD,
     STOP_TIMEOUT,
     BrokerProcess,
     RedisProcess,
     _stop,
     _system_summary,
     _wait_listening,
+    fill_partition,
     free_port,
     point_label,
     redis_binary,
     redis_version,
 )
 from bench.common import (
+    MIB,
     CpuSampler,
     PartResult,
     RunContext,
@@ -63,6 +71,7 @@ from bench.common import (
     data_dir,
     figure,
     fmt_number,
+    median,
     progress,
     ratio,
 )
@@ -76,14 +85,21 @@ BEFORE_ACK = "before ack"
 ON_TIMER = "on a timer"
 
 
+XREAD_COUNT = 1000                  # entries per XREAD: about 1 MiB, like get's maxSize
+
+
 @dataclass(frozen=True)
 class Timing:
     warmup: float
     window: float
+    consume_bytes: int      # bytes of 1 KiB messages each consumer drains per pass
+    consume_passes: int
 
     @classmethod
     def for_run(cls, quick: bool) -> Timing:
-        return cls(warmup=0.1, window=0.3) if quick else cls(warmup=1.0, window=5.0)
+        if quick:
+            return cls(warmup=0.1, window=0.3, consume_bytes=8 * MIB, consume_passes=2)
+        return cls(warmup=1.0, window=5.0, consume_bytes=128 * MIB, consume_passes=8)
 
 
 def _version_of(command: list[str]) -> str | None:
@@ -444,6 +460,53 @@ def compare(rows: list[dict]) -> None:
                     ratio(m["msg_per_s"], p["msg_per_s"]) for m, p in zip(metaq["runs"], point["runs"])]
 
 
+def measure_consume(ctx: RunContext, timing: Timing, redis: Redis) -> dict:
+    """metaq ``get`` (maxSize 1 MiB) against Redis ``XREAD COUNT 1000``: each consumer reads the
+    same number of 1 KiB messages from the start, one request at a time, ``consume_passes``
+    times. The metaq partition is written with the engine (synced) before its broker starts;
+    the stream is filled with pipelined XADDs. Both are in the page cache."""
+    reps = ctx.repetitions
+    metaq_runs: list[dict] = []
+    redis_runs: list[dict] = []
+    with data_dir(ctx.data_root, "peers-consume-") as directory:
+        broker = BrokerProcess(os.path.join(directory, "metaq"), MODES[1].metaq)
+        records, end = fill_partition(broker.data, timing.consume_bytes)
+        with broker, RedisProcess(redis.binary, os.path.join(directory, "redis"), "everysec") as server:
+            loadgen.redis_fill(server.port, TOPIC, records, PAYLOAD)
+            for rep in range(reps):
+                for which in (("metaq", "redis") if rep % 2 == 0 else ("redis", "metaq")):
+                    if which == "metaq":
+                        r = loadgen.run_drain(broker.port, DRAIN_TOPIC, 0, end, RECORD,
+                                              GET_MAX_SIZE, timing.consume_passes, broker.pid)
+                        r["messages"] = r["record_bytes"] // RECORD
+                        r["msg_per_s"] = r["messages"] / r["elapsed"]
+                        metaq_runs.append(r)
+                    else:
+                        r = loadgen.run_xread_drain(server.port, TOPIC, records, XREAD_COUNT,
+                                                    timing.consume_passes, PAYLOAD, server.pid)
+                        redis_runs.append(r)
+                    progress(f"consume rep {rep + 1}/{reps} {which:5s}: {r['msg_per_s']:,.0f} msg/s "
+                             f"(p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms per request) | "
+                             f"server CPU {fmt_number(r['server_cpu_cores'], 2)} consumer CPU "
+                             f"{r['client_cpu_cores']:.2f}")
+
+    def summary(runs: list[dict], request: str) -> dict:
+        def med(key: str) -> float | None:
+            values = [r[key] for r in runs if r[key] is not None]
+            return median(values) if values else None
+        return {"request": request, "msg_per_s": figure(med("msg_per_s"), "msg/s"),
+                "mb_per_s": figure(med("msg_per_s") * PAYLOAD / 1e6, "MB/s"),
+                "p50_latency": figure(med("p50_ms"), "ms"), "p99_latency": figure(med("p99_ms"), "ms"),
+                "server_cpu": figure(med("server_cpu_cores"), "cores"),
+                "client_cpu": figure(med("client_cpu_cores"), "cores"), "runs": runs}
+
+    metaq = summary(metaq_runs, f"get, maxSize {GET_MAX_SIZE // MIB} MiB")
+    other = summary(redis_runs, f"XREAD COUNT {XREAD_COUNT} (appendfsync everysec server)")
+    return {"messages": figure(records, "messages"), "passes": timing.consume_passes,
+            "metaq": metaq, "redis": other,
+            "metaq_over_redis": figure(ratio(metaq["msg_per_s"]["value"], other["msg_per_s"]["value"]), "×")}
+
+
 # ---------------------------------------------------------------------------- reporting
 
 def tables(data: dict) -> list[Table]:
@@ -464,8 +527,21 @@ def tables(data: dict) -> list[Table]:
                          v(p["p99_latency"], 2), v(p["server_cpu"], 2), v(p["generator_cpu"], 2),
                          v(p["metaq_over_this"], 2) if "metaq_over_this" in p else ""])
     s = data["settings"]
+    found = [Table("Peers: systems and durability", ["system", "version and settings"], notes, right_align_from=2)]
+    c = data.get("consume")
+    if c:
+        found.append(Table(
+            f"Consume: {fmt_number(c['messages']['value'])} messages of 1 KiB from the start, one "
+            f"request at a time, × {c['passes']} passes (page cache; median of {s['repetitions']})",
+            ["consumer", "msg/s", "MB/s", "p50 ms", "p99 ms", "server CPU", "consumer CPU", "metaq÷"],
+            [[f"metaq-trio {c['metaq']['request']}", v(c["metaq"]["msg_per_s"]), v(c["metaq"]["mb_per_s"]),
+              v(c["metaq"]["p50_latency"], 2), v(c["metaq"]["p99_latency"], 2), v(c["metaq"]["server_cpu"], 2),
+              v(c["metaq"]["client_cpu"], 2), ""],
+             [f"Redis {c['redis']['request']}", v(c["redis"]["msg_per_s"]), v(c["redis"]["mb_per_s"]),
+              v(c["redis"]["p50_latency"], 2), v(c["redis"]["p99_latency"], 2), v(c["redis"]["server_cpu"], 2),
+              v(c["redis"]["client_cpu"], 2), v(c["metaq_over_redis"], 2)]]))
     return [
-        Table("Peers: systems and durability", ["system", "version and settings"], notes, right_align_from=2),
+        *found,
         Table(f"Peers: 1 KiB publishes, same load generator (median of {s['repetitions']}, "
               f"{s['window']['value']:g} s windows after {s['warmup']['value']:g} s warm-up; metaq÷ = "
               "metaq-trio of the same sync class ÷ this system)",
@@ -532,6 +608,8 @@ def run(ctx: RunContext) -> PartResult:
         finally:
             for system in reversed(started):
                 system.stop()
+    redis = next(s for s in systems if isinstance(s, Redis))
+    consume = measure_consume(ctx, timing, redis) if redis.binary else None
     for system in active:
         rows[system.key] = {**system.describe(), "skipped": False,
                             "points": summarize(system, runs[system.key], points)}
@@ -549,5 +627,6 @@ def run(ctx: RunContext) -> PartResult:
         },
         "machine_cpu": sampler.stop(),
         "systems": ordered,
+        "consume": consume,
     }
     return PartResult(data, tables(data), [])

@@ -197,6 +197,17 @@ def markdown(results: dict) -> str:
                    f"windows of {s['window']['value']:g} s:")
         out.append(_md_table(["system", "synced", *[f"{label} msg/s" for label in labels],
                               f"{labels[-1]} p50 / p99 ms"], rows, right_from=2))
+        c = peers.get("consume")
+        if c:
+            out.append(f"Consuming {c['messages']['value']:,} messages of 1 KiB from the start, one request "
+                       f"at a time, × {c['passes']} passes (page cache):")
+            out.append(_md_table(["consumer", "msg/s", "p50 / p99 ms per request", "server CPU",
+                                  "consumer CPU"], [
+                [f"{name} {side['request']}", f"{side['msg_per_s']['value']:,.0f}",
+                 f"{side['p50_latency']['value']:.2f} / {side['p99_latency']['value']:.2f}",
+                 f"{side['server_cpu']['value'] or 0:.2f}", f"{side['client_cpu']['value']:.2f}"]
+                for name, side in (("metaq-trio", c["metaq"]), ("Redis", c["redis"]))]))
+            out.append(f"metaq ÷ Redis, consuming: {c['metaq_over_redis']['value']:.2f}×.")
         out.append("Durability of each row: " + "; ".join(
             f"{row['name']}: {row['durability']}" for row in peers["systems"] if not row.get("skipped")) + ".")
     ratios = results.get("ratios_to_limits") or []

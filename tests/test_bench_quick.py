@@ -139,6 +139,12 @@ def test_peers_are_measured_or_skipped_with_an_install_command(quick_run):
                 assert point["metaq_over_this"]["value"] > 0
     if not rows["nats-jetstream"]["skipped"]:
         assert "sync" in rows["nats-jetstream"]["durability"]
+    consume = peers["consume"]
+    for side in ("metaq", "redis"):
+        assert consume[side]["msg_per_s"]["unit"] == "msg/s" and consume[side]["msg_per_s"]["value"] > 0
+        for run in consume[side]["runs"]:
+            assert run["messages"] == consume["messages"]["value"] * consume["passes"]
+    assert consume["metaq_over_redis"]["unit"] == "×"
 
 
 def test_plots_are_written_or_skipped_with_a_reason(quick_run):
