@@ -853,14 +853,8 @@ def _drain_consumer(port: int, topic: str, start: int, end: int, record_size: in
                 wire += total
                 records += complete
                 gets += 1
-        elapsed = (time.monotonic_ns() - t0) / 1e9
-        cpu = time.process_time() - cpu0
+        _consumer_done(pipe, t0, cpu0, latencies, wire_bytes=wire, record_bytes=records, gets=gets)
         sock.close()
-        latencies.sort()
-        pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu, "wire_bytes": wire,
-                            "record_bytes": records, "gets": gets,
-                            "p50_ms": quantile(latencies, 0.5) / 1e6,
-                            "p99_ms": quantile(latencies, 0.99) / 1e6}))
     except BaseException as exc:
         pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
@@ -870,20 +864,39 @@ def _drain_consumer(port: int, topic: str, start: int, end: int, record_size: in
 def run_drain(port: int, topic: str, start: int, end: int, record_size: int, max_size: int,
               passes: int, server_pid: int) -> dict:
     """``passes`` sequential passes of ``get`` over [start, end) of ``topic`` partition 0."""
-    proc, pipe = _spawn(_drain_consumer, port, topic, start, end, record_size, max_size, passes)
+    result = _run_consumer("drain consumer", server_pid, _drain_consumer, port, topic, start, end,
+                           record_size, max_size, passes)
+    result["mb_per_s"] = result["record_bytes"] / result["elapsed"] / 1e6
+    return result
+
+
+def _run_consumer(what: str, server_pid: int, target, *args) -> dict:
+    """Start a consumer process, give it the go, and collect its result with its own CPU use
+    and the server's over the same time (``client_cpu_cores``, ``server_cpu_cores``)."""
+    proc, pipe = _spawn(target, *args)
     try:
-        _expect(pipe, "ready", READY_TIMEOUT, "drain consumer")
+        _expect(pipe, "ready", READY_TIMEOUT, what)
         cpu0, m0 = process_cpu_seconds(server_pid), time.monotonic_ns()
         pipe.send(("go",))
-        result = _expect(pipe, "done", 600, "drain consumer")[1]
+        result = _expect(pipe, "done", 600, what)[1]
         cpu1, m1 = process_cpu_seconds(server_pid), time.monotonic_ns()
     finally:
         reap([(proc, pipe)])
-    result["mb_per_s"] = result["record_bytes"] / result["elapsed"] / 1e6
     result["client_cpu_cores"] = result["cpu_seconds"] / result["elapsed"]
     result["server_cpu_cores"] = (None if cpu0 is None or cpu1 is None
                                   else (cpu1 - cpu0) / ((m1 - m0) / 1e9))
     return result
+
+
+def _consumer_done(pipe, t0: int, cpu0: float, latencies: list[int], **counts) -> None:
+    """A consumer process's report: elapsed time and CPU since (t0, cpu0), request latency
+    quantiles, and its counts."""
+    elapsed = (time.monotonic_ns() - t0) / 1e9
+    cpu = time.process_time() - cpu0
+    latencies.sort()
+    pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu, **counts,
+                        "p50_ms": quantile(latencies, 0.5) / 1e6,
+                        "p99_ms": quantile(latencies, 0.99) / 1e6}))
 
 
 def redis_fill(port: int, key: str, count: int, payload: int, batch: int = 1000) -> None:
@@ -989,14 +1002,9 @@ def _xread_consumer(port: int, key: str, count: int, batch: int, passes: int, pa
                 got += n
                 entries += n
                 requests += 1
-        elapsed = (time.monotonic_ns() - t0) / 1e9
-        cpu = time.process_time() - cpu0
+        _consumer_done(pipe, t0, cpu0, latencies, messages=entries, wire_bytes=reader.wire,
+                       requests=requests)
         sock.close()
-        latencies.sort()
-        pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu, "messages": entries,
-                            "wire_bytes": reader.wire, "requests": requests,
-                            "p50_ms": quantile(latencies, 0.5) / 1e6,
-                            "p99_ms": quantile(latencies, 0.99) / 1e6}))
     except BaseException as exc:
         pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
@@ -1007,19 +1015,9 @@ def run_xread_drain(port: int, key: str, count: int, batch: int, passes: int, pa
                     server_pid: int) -> dict:
     """``passes`` sequential passes of ``XREAD COUNT <batch>`` over the ``count`` entries of
     stream ``key`` (the Redis twin of ``run_drain``)."""
-    proc, pipe = _spawn(_xread_consumer, port, key, count, batch, passes, payload)
-    try:
-        _expect(pipe, "ready", READY_TIMEOUT, "XREAD consumer")
-        cpu0, m0 = process_cpu_seconds(server_pid), time.monotonic_ns()
-        pipe.send(("go",))
-        result = _expect(pipe, "done", 600, "XREAD consumer")[1]
-        cpu1, m1 = process_cpu_seconds(server_pid), time.monotonic_ns()
-    finally:
-        reap([(proc, pipe)])
+    result = _run_consumer("XREAD consumer", server_pid, _xread_consumer, port, key, count, batch,
+                           passes, payload)
     result["msg_per_s"] = result["messages"] / result["elapsed"]
-    result["client_cpu_cores"] = result["cpu_seconds"] / result["elapsed"]
-    result["server_cpu_cores"] = (None if cpu0 is None or cpu1 is None
-                                  else (cpu1 - cpu0) / ((m1 - m0) / 1e9))
     return result
 
 

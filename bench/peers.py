@@ -428,7 +428,7 @@ def measure(system: System, directory: str, index: int, point: tuple[int, int, i
     return result
 
 
-def summarize(system: System, runs: dict, points) -> list[dict]:
+def summarize(system: System, runs: dict, points: tuple[tuple[int, int, int], ...]) -> list[dict]:
     out = []
     for point in points:
         rs = runs[point]

@@ -11,6 +11,7 @@ only when available; without it the plots are skipped with a message):
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 
 def _pyplot():
@@ -32,7 +33,7 @@ def _systems(results: dict) -> list[dict]:
     return [row for row in peers.get("systems", []) if not row.get("skipped")]
 
 
-def _save_throughput(plt, fig, ax, path: str, title: str) -> bool:
+def _save_throughput(plt: ModuleType, fig, ax, path: str, title: str) -> bool:
     """Axes, legend and file of a msg/s-against-load plot."""
     ax.set_yscale("log")
     ax.set_xlabel("connections × pipeline depth")
@@ -46,7 +47,7 @@ def _save_throughput(plt, fig, ax, path: str, title: str) -> bool:
     return True
 
 
-def plot_peers_throughput(plt, results: dict, path: str) -> bool:
+def plot_peers_throughput(plt: ModuleType, results: dict, path: str) -> bool:
     systems = _systems(results)
     if not systems:
         return False
@@ -59,7 +60,7 @@ def plot_peers_throughput(plt, results: dict, path: str) -> bool:
     return _save_throughput(plt, fig, ax, path, "Publish throughput, same load generator, one run")
 
 
-def plot_broker_throughput(plt, results: dict, path: str) -> bool:
+def plot_broker_throughput(plt: ModuleType, results: dict, path: str) -> bool:
     broker = results.get("parts", {}).get("broker") or {}
     puts = broker.get("puts")
     if not puts:
@@ -76,7 +77,7 @@ def plot_broker_throughput(plt, results: dict, path: str) -> bool:
     return _save_throughput(plt, fig, ax, path, "Broker part: metaq-trio vs Redis streams")
 
 
-def plot_latency_cdfs(plt, results: dict, path: str) -> bool:
+def plot_latency_cdfs(plt: ModuleType, results: dict, path: str) -> bool:
     systems = [row for row in _systems(results)
                if any(p.get("latency_cdf", {}).get("quantiles") for p in row["points"])]
     if not systems:
@@ -104,7 +105,7 @@ def plot_latency_cdfs(plt, results: dict, path: str) -> bool:
     return True
 
 
-def plot_limit_ratios(plt, results: dict, path: str) -> bool:
+def plot_limit_ratios(plt: ModuleType, results: dict, path: str) -> bool:
     ratios = [r for r in results.get("ratios_to_limits") or [] if r["ratio"]["value"]]
     if not ratios:
         return False
