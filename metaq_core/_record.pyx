@@ -209,9 +209,13 @@ def split_data(int flag, data) -> tuple:
 def make_data(body, attribute=None) -> tuple:
     """(flag, data) for a body and an optional attribute (str), as a Java 1.4.4 producer builds it."""
     cdef bytes attr
-    cdef const unsigned char[::1] view = body
-    cdef Py_ssize_t n = view.shape[0]
+    cdef const unsigned char[::1] view
+    cdef Py_ssize_t n
     cdef unsigned char* p
+    if attribute is None and type(body) is bytes:
+        return (0, body)
+    view = body
+    n = view.shape[0]
     if attribute is None:
         return (0, bytes(body))
     attr = attribute.encode("utf-8")

@@ -271,7 +271,7 @@ class LogStore:
     async def append_async(self, topic: str, partition: int, body: bytes, *,
                            attribute: str | None = None) -> Appended:
         """Trio flavour of ``append``: the event loop never blocks on the disk."""
-        submit_async = _trio_bridge().submit_async
+        submit_async = _SUBMIT_ASYNC or _trio_bridge().submit_async
         plog = self._logs.get((topic, partition))
         if plog is None or self._closed:
             plog = await self._partition_async(topic, partition)
@@ -399,11 +399,16 @@ class LogStore:
         return f"<LogStore {self.path!r} {mode} partitions={len(self._logs)}>"
 
 
+_SUBMIT_ASYNC = None   # trio_bridge.submit_async once imported (the hot call of append_async)
+
+
 def _trio_bridge() -> types.ModuleType:
     """``metaq_core.trio_bridge``, imported on first use so that blocking users never load trio."""
+    global _SUBMIT_ASYNC
     module = sys.modules.get("metaq_core.trio_bridge")
     if module is None:
         module = importlib.import_module("metaq_core.trio_bridge")
+    _SUBMIT_ASYNC = module.submit_async
     return module
 
 
