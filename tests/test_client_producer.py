@@ -10,8 +10,8 @@ import trio
 
 from client_util import CLIENT_INI, FAST_CONNECTIONS, url_of
 from metaq_client import (
-    BrokerError, BrokerUnavailableError, ClientClosedError, HashSelector, Message, MetaqClient, NoPartitionError, Partition,
-    ReadOnlyMessageError, SendResult, StaticPartitionSource,
+    BrokerError, BrokerUnavailableError, ClientClosedError, HashSelector, Message, MetaqClient, NoPartitionError,
+    Partition, ReadOnlyMessageError, SendResult, StaticPartitionSource,
 )
 from metaq_core import record
 from metaq_core.wire import FrameDecoder, Put
