@@ -25,11 +25,11 @@ from metaq_core.partition import OffsetOutOfRangeError, PartitionLog
 from metaq_core.retention import RetentionPolicy, apply_policy
 from metaq_core.trio_bridge import TrioSink
 from metaq_core.wire import (
-    LONG_MAX, Get, OffsetRequest, Put, Result, Stats, Sync, Transaction, Value, Version,
+    LONG_MAX, Get, OffsetRequest, Put, Stats, Sync, Transaction, Version,
     encode_result, encode_value_header,
 )
 from metaq_server import stats as statsmod
-from metaq_server._puts import PutIntake, Route
+from metaq_server._puts import PutAnswers, PutIntake, Route
 from metaq_server.config import BrokerConfig, TopicConfig
 from metaq_server.connection import IDLE_TIMEOUT, Connection
 from zkmeta.bridge import KazooException
@@ -44,30 +44,6 @@ PROTOCOL_VERSION = "1.4.4"
 SHUTDOWN_GRACE = 10.0
 
 _CHECKSUM_FAILURE = "Checksum failure,message may be corrupted when transfering on networking."
-
-
-class _PutReply:
-    """Answers one put when the partition writer delivers it (called on the trio thread)."""
-
-    __slots__ = ("broker", "conn", "opaque", "partition", "topic", "request")
-
-    def __init__(self, broker: Broker, conn: Connection, opaque: int, topic: str, partition: int) -> None:
-        self.broker = broker
-        self.conn = conn
-        self.opaque = opaque
-        self.topic = topic
-        self.partition = partition
-        self.request = None
-
-    def set(self) -> None:
-        request = self.request
-        if request.error is not None:
-            self.broker.put_failed(self.topic, self.partition)
-            log.error("%s-%d: put from %s failed: %s", self.topic, self.partition, self.conn.peer, request.error)
-            self.conn.finish(encode_result(500, "put message failed", self.opaque))
-            return
-        self.conn.finish(encode_result(200, f"{request.items[0][2]} {self.partition} {request.offset}",
-                                       self.opaque))
 
 
 class Broker:
@@ -376,9 +352,10 @@ class Broker:
         if topic_config.stat:
             self.realtime.record("put", topic, f"{self.broker_id}-{partition}")
             self.realtime.record("message_size", topic, "*", len(data))
-        reply = _PutReply(self, conn, event.opaque, topic, partition)
+        item = (data, event.flag, msg_id, crc)
+        reply = PutAnswers(self, conn, topic, partition, [item], [event.opaque])
         try:
-            reply.request = plog.submit([(data, event.flag, msg_id, crc)], self._trio_sink(), reply)
+            reply.request = plog.submit([item], self._trio_sink(), reply)
         except MetaqError as exc:
             return self._fail_put(conn, event, partition, 500, f"put message failed: {exc}")
         conn.begin()
