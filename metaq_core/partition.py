@@ -45,6 +45,13 @@ from metaq_core.segment import Segment, create_segment, sync_directory
 log = logging.getLogger("metaq.store")
 
 GROUP_COMMIT_CAP = 512 * 1024
+#: Pipelining under load: once the writer has been woken and half as many appends as its last
+#: round carried are queued, the submitting thread hands it the GIL (``time.sleep(0)``), so it
+#: writes and fsyncs that half while the callers prepare the rest — without it, callers that
+#: never block (an event loop running many appending tasks) keep the GIL for the whole round and
+#: the writer and they take turns instead of overlapping. Rounds smaller than this never do it,
+#: nor do blocking callers (their threads give the GIL up while they wait).
+HANDOFF_MIN_ROUND = 32
 
 
 @attrs.frozen
@@ -212,6 +219,8 @@ class PartitionLog:
         self._failure: StorageIOError | None = None
         self._unflushed = 0
         self._upkeep_due = False  # append_nowait left a sync or a roll to the writer thread
+        self._kicked = False      # the writer was woken for the queue and has not taken it yet
+        self._handoff_at = 1 << 62  # queued appends at which submit hands the writer the GIL
         self._last_flush = time.monotonic()
         self._retired: list[Segment] = []
         self._counters = collections.Counter()
@@ -346,11 +355,16 @@ class PartitionLog:
         with self._queue_lock:
             if not self._accepting:
                 self._check_writable()
-            self._queue.append(request)
+            queue = self._queue
+            queue.append(request)
             if self._writer is None:
                 self._start_writer()
-            elif len(self._queue) == 1:
+            elif len(queue) == 1:
                 self._cond.notify()
+                self._kicked = True
+            handoff = self._kicked and len(queue) == self._handoff_at and sink is not THREAD_SINK
+        if handoff:
+            time.sleep(0)  # let the woken writer take the GIL (see HANDOFF_MIN_ROUND)
         return request
 
     def _start_writer(self) -> None:  # called with self._cond held
@@ -480,6 +494,9 @@ class PartitionLog:
                     batch = []
                 else:
                     batch = self._take_batch()
+                    self._kicked = False
+                    self._handoff_at = (len(batch) // 2 if self.group_commit and len(batch) >= HANDOFF_MIN_ROUND
+                                        else 1 << 62)
             if batch:
                 self._write_batch(batch)
             else:
