@@ -101,22 +101,28 @@ cdef int _number(const char* s, Py_ssize_t n, Py_ssize_t* at, int64_t* out) noex
     return 0
 
 
+cdef bint _three_numbers(bytes body, int64_t* first, int64_t* second, int64_t* third) noexcept:
+    """``body`` is ``<first> <second> <third>``: decimal int64s separated by single spaces."""
+    cdef const char* s = PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t at = 0
+    if _number(s, n, &at, first) != 0 or at >= n:
+        return False
+    at += 1
+    if _number(s, n, &at, second) != 0 or at >= n:
+        return False
+    at += 1
+    return _number(s, n, &at, third) == 0 and at == n
+
+
 def put_answer(bytes body):
     """``(message id, partition, offset)`` from the body ``<id> <partition> <offset>`` of a put's
     ``result 200``; ValueError when it is not three decimal numbers separated by single spaces."""
-    cdef const char* s
-    cdef Py_ssize_t n, at = 0
     cdef int64_t msg_id, partition, offset
     if body is None:
         raise ValueError("a put was answered 200 without a body")
-    s = PyBytes_AS_STRING(body)
-    n = PyBytes_GET_SIZE(body)
-    if _number(s, n, &at, &msg_id) == 0 and at < n:
-        at += 1
-        if _number(s, n, &at, &partition) == 0 and at < n:
-            at += 1
-            if _number(s, n, &at, &offset) == 0 and at == n:
-                return (msg_id, partition, offset)
+    if _three_numbers(body, &msg_id, &partition, &offset):
+        return (msg_id, partition, offset)
     raise ValueError(f"not the answer to a put: {body!r}")
 
 
@@ -124,22 +130,13 @@ def put_result(bytes body, broker_id, dict partitions, result_type, partition_ty
     """``put_answer`` straight into ``result_type(True, id, partition, offset, None)`` (a tuple
     subclass), the partition ``partition_type(broker_id, number)`` taken from ``partitions``
     (number → partition of that broker; filled while it has fewer than ``max_cached``)."""
-    cdef const char* s
-    cdef Py_ssize_t n, at = 0
     cdef int64_t msg_id, number, offset
-    if body is not None:
-        s = PyBytes_AS_STRING(body)
-        n = PyBytes_GET_SIZE(body)
-        if _number(s, n, &at, &msg_id) == 0 and at < n:
-            at += 1
-            if _number(s, n, &at, &number) == 0 and at < n:
-                at += 1
-                if _number(s, n, &at, &offset) == 0 and at == n:
-                    key = number
-                    partition = partitions.get(key)
-                    if partition is None:
-                        partition = partition_type(broker_id, key)
-                        if len(partitions) < max_cached:
-                            partitions[key] = partition
-                    return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
+    if body is not None and _three_numbers(body, &msg_id, &number, &offset):
+        key = number
+        partition = partitions.get(key)
+        if partition is None:
+            partition = partition_type(broker_id, key)
+            if len(partitions) < max_cached:
+                partitions[key] = partition
+        return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
     raise ValueError(f"not the answer to a put: {body!r}")
