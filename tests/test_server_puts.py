@@ -180,6 +180,7 @@ async def test_threshold_mode_puts_are_written_from_the_event_loop(tmp_path, nur
     waiting for the writer thread; offsets, order and content are those of the general path."""
     broker = await start_broker(nursery, make_config(str(tmp_path / "data"), unflush_threshold=100,
                                                      unflush_interval=60_000))
+    broker.compiled_puts = True  # also under METAQ_PURE_PYTHON=1, which turns it off by default
     client = await RawClient.connect(broker.port)
     try:
         assert (await client.call(good("test", 0, 0, b"first"))).status == 200
