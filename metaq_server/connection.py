@@ -75,9 +75,6 @@ class Connection:
     def begin_many(self, count: int) -> None:
         self.inflight += count
 
-    def finish(self, data: bytes) -> None:
-        self.finish_many(1, data)
-
     def finish_many(self, count: int, data: bytes) -> None:
         """``count`` requests begun earlier are answered by ``data`` (called from the writer
         thread's delivery, once per group commit): written at once when nothing else is queued
@@ -85,17 +82,20 @@ class Connection:
         self.inflight -= count
         self._progress.set()
         if not self._out and not self._sending and not self.closed:
-            try:
-                sent = os.write(self._fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # the writer task meets the same error and closes the connection
-            if sent == len(data):
-                self._last_io = trio.current_time()
+            data = self._write_now(data)
+            if not data:
                 return
-            data = data[sent:]
         self.send(data)
+
+    def _write_now(self, data: bytes) -> bytes:
+        """Write what the socket takes without waiting; returns the rest (for the writer task,
+        which also meets any error and closes the connection)."""
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:  # full (BlockingIOError) or broken
+            return data
+        self._last_io = trio.current_time()
+        return data[sent:]
 
     # ---------------------------------------------------------------------------- the tasks
 
@@ -142,7 +142,7 @@ class Connection:
 
     async def _receive_frames(self) -> None:
         intake = self.intake
-        fd = self.stream.socket.fileno()
+        fd = self._fd
         buffer = bytearray(RECEIVE_SIZE)
         view = memoryview(buffer)
         ready = False   # the last read filled the buffer: more may be waiting already
@@ -202,15 +202,9 @@ class Connection:
             chunks = []
             while out and type(out[0]) is bytes:
                 chunks.append(out.popleft())
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            try:
-                sent = os.write(self._fd, data)
-            except OSError:  # full (BlockingIOError) or broken: the writer task deals with it
-                sent = 0
-            if sent < len(data):
-                out.appendleft(data[sent:])
-            else:
-                self._last_io = trio.current_time()
+            rest = self._write_now(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if rest:
+                out.appendleft(rest)
         if out:
             self._wake_writer.set()
 
