@@ -97,6 +97,11 @@ async def test_pipelined_puts_mixed_with_refusals(tmp_path, nursery, compiled):
         assert answered == dict(log[1:])
         assert broker.counters.put_failed == len(REFUSALS)
         assert broker.counters.cmd_put == 2 + len(requests)
+        (conn,) = broker.connections
+        if compiled:   # the good puts to open partitions took the compiled path
+            assert conn.intake.fast_puts == 2 * len(REFUSALS) + 1
+        else:
+            assert conn.intake is None
         # stat=true: the realtime counters saw every accepted put of the topic
         stats = await answers_of(client, [Stats("test", 9)])
         line = re.search(rb"topic_realtime_put Count=(\d+)", stats[9].body)
@@ -189,6 +194,8 @@ async def test_threshold_mode_puts_are_written_from_the_event_loop(tmp_path, nur
         assert all(r.status == 200 for r in answers.values())
         plog = broker.store.get_partition("test", 0)
         assert plog.statistics().appends < 1001, "pipelined puts were batched"
+        (conn,) = broker.connections
+        assert conn.intake.fast_puts == 1000
         plog.flush()
         log = stored(broker.config.system.data_path, "test", 0)
         assert [body for _, body in log] == [b"first"] + list(bodies.values())
