@@ -27,17 +27,9 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import loadgen
+from bench import loadgen, pyspy
 from bench.broker import MODES, PAYLOAD, TOPIC, BrokerProcess
 from bench.common import DEFAULT_OUT_DIR, PROJECT_ROOT, data_dir
-
-
-_LINE = re.compile(r":\d+\)$")
-
-
-def _function(frame: str) -> str:
-    """``Broker._put (metaq_server/broker.py:270)`` → ``Broker._put (metaq_server/broker.py)``."""
-    return _LINE.sub(")", frame)
 
 
 _SOURCES: dict[str, list[str]] = {}
@@ -104,25 +96,15 @@ def summarize(raw_path: str, puts: int, seconds: float, rate: int, top: int = 20
     per_thread: collections.Counter = collections.Counter()
     phases: collections.Counter = collections.Counter()
     samples = 0
-    with open(raw_path, encoding="utf-8", errors="replace") as raw:
-        for line in raw:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            stack, _, count = line.rpartition(" ")
-            n = int(count)
-            frames = stack.split(";")
-            thread, frames = frames[0], frames[1:]
-            samples += n
-            name = re.sub(r"^thread \(\d+\): ", "", thread)
-            name = re.sub(r"\d+$", "N", name)          # "Trio thread 7" → "Trio thread N"
-            per_thread[name] += n
-            if name == "MainThread":
-                phases[phase_of(frames)] += n
-            if frames:
-                self_count[(name, _function(frames[-1]))] += n
-            for frame in {_function(f) for f in frames}:
-                total_count[(name, frame)] += n
+    for name, frames, n in pyspy.samples(raw_path):
+        samples += n
+        per_thread[name] += n
+        if name == "MainThread":
+            phases[phase_of(frames)] += n
+        if frames:
+            self_count[(name, pyspy.function(frames[-1]))] += n
+        for frame in {pyspy.function(f) for f in frames}:
+            total_count[(name, frame)] += n
     per_put = 1e6 / rate / puts if puts else 0.0   # one sample = 1/rate s of a thread
 
     def row(n: int, label: str) -> str:
@@ -155,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="/tmp/metaq-broker-profile")
     parser.add_argument("--data-dir", default=DEFAULT_OUT_DIR)
     args = parser.parse_args(argv)
-    pyspy = shutil.which("py-spy")
-    if pyspy is None:
+    spy_binary = shutil.which("py-spy")
+    if spy_binary is None:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
@@ -178,11 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             spies: list[subprocess.Popen] = []
 
             def start_spy(_gen_pids, fmt="raw", path=raw_path):
-                cmd = [pyspy, "record", "--pid", str(broker.pid), "-d", str(int(args.seconds)),
-                       "-r", str(args.rate), "--threads", "-f", fmt, "-o", path]
-                if args.native:
-                    cmd.append("--native")
-                spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                spies.append(pyspy.record(spy_binary, broker.pid, args.seconds, args.rate, path, fmt=fmt,
+                                          native=args.native))
 
             profiled = loadgen.run_puts(load, 1.0, args.seconds + 1.0, {"broker": broker.pid},
                                         on_window=start_spy)

@@ -32,9 +32,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import client as part
+from bench import pyspy
 from bench.common import DEFAULT_OUT_DIR, PROJECT_ROOT, data_dir
-
-_LINE = re.compile(r":\d+\)$")
 
 #: (substring of the joined stack, label); the first match wins — ordered inner steps first
 _PHASES = (
@@ -72,10 +71,6 @@ _PHASES = (
 )
 
 
-def _function(frame: str) -> str:
-    return _LINE.sub(")", frame)
-
-
 _SOURCES: dict[str, list[str]] = {}
 
 
@@ -100,7 +95,7 @@ def phase_of(frames: list[str]) -> str:
     for needle, label in _PHASES:
         if needle in text:
             return label
-    return "trio: scheduler / other (" + (_function(frames[-1]) if frames else "?") + ")"
+    return "trio: scheduler / other (" + (pyspy.function(frames[-1]) if frames else "?") + ")"
 
 
 def summarize(raw_path: str, messages: int, seconds: float, rate: int, top: int = 18) -> str:
@@ -110,28 +105,18 @@ def summarize(raw_path: str, messages: int, seconds: float, rate: int, top: int 
     per_thread: collections.Counter = collections.Counter()
     phases: collections.Counter = collections.Counter()
     samples = 0
-    with open(raw_path, encoding="utf-8", errors="replace") as raw:
-        for line in raw:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            stack, _, count = line.rpartition(" ")
-            n = int(count)
-            frames = stack.split(";")
-            thread, frames = frames[0], frames[1:]
-            samples += n
-            name = re.sub(r"^thread \(0x[0-9a-fA-F]+\): ", "", thread)
-            name = re.sub(r"\d+$", "N", name)
-            per_thread[name] += n
-            phases[phase_of(frames)] += n
-            if frames:
-                self_count[_function(frames[-1])] += n
-                for frame in reversed(frames):          # innermost frame of the project's code
-                    if "metaq_client/" in frame or "metaq_core/" in frame:
-                        self_lines[_source_line(frame)] += n
-                        break
-            for frame in {_function(f) for f in frames}:
-                total_count[frame] += n
+    for name, frames, n in pyspy.samples(raw_path):
+        samples += n
+        per_thread[name] += n
+        phases[phase_of(frames)] += n
+        if frames:
+            self_count[pyspy.function(frames[-1])] += n
+            for frame in reversed(frames):          # innermost frame of the project's code
+                if "metaq_client/" in frame or "metaq_core/" in frame:
+                    self_lines[_source_line(frame)] += n
+                    break
+        for frame in {pyspy.function(f) for f in frames}:
+            total_count[frame] += n
     if not samples:
         return "no samples"
     per_msg = 1e6 / rate / messages if messages else 0.0
@@ -152,16 +137,6 @@ def summarize(raw_path: str, messages: int, seconds: float, rate: int, top: int 
     lines.append("anywhere on the stack (total):")
     lines += [row(n, f) for f, n in total_count.most_common(top)]
     return "\n".join(lines)
-
-
-def _spy(pyspy: str, pid: int, seconds: float, rate: int, path: str, native: bool, gil: bool) -> subprocess.Popen:
-    cmd = [pyspy, "record", "--pid", str(pid), "-d", str(int(seconds)), "-r", str(rate), "--threads",
-           "-f", "raw", "-o", path]
-    if native:
-        cmd.append("--native")
-    if gil:
-        cmd.append("--gil")
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _finish(spies: list[subprocess.Popen]) -> None:
@@ -186,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="/tmp/metaq-client-profile")
     parser.add_argument("--data-dir", default=DEFAULT_OUT_DIR)
     args = parser.parse_args(argv)
-    pyspy = shutil.which("py-spy")
-    if pyspy is None:
+    spy_binary = shutil.which("py-spy")
+    if spy_binary is None:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
@@ -205,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 path = os.path.join(args.out, f"{case.key}.raw.txt")
                 profiled = part.run_client_puts(
                     case, broker.port, broker.pid, 1.0, args.seconds + 1.0,
-                    on_window=lambda pid: spies.append(_spy(pyspy, pid, seconds, args.rate, path, args.native, args.gil)))
+                    on_window=lambda pid: spies.append(pyspy.record(spy_binary, pid, seconds, args.rate, path,
+                                                                    native=args.native, gil=args.gil)))
                 _finish(spies)
                 print(f"with profiler: {profiled['msg_per_s']:,.0f} msg/s, client CPU "
                       f"{profiled['generator_cpu_cores']:.2f} cores")
@@ -219,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
             def start(pids: dict) -> None:
                 for who, pid in pids.items():
-                    spies.append(_spy(pyspy, pid, seconds, args.rate, paths[who], args.native, args.gil))
+                    spies.append(pyspy.record(spy_binary, pid, seconds, args.rate, paths[who],
+                                              native=args.native, gil=args.gil))
 
             r = part.run_latency(setup, args.msg_rate, broker.port, broker.pid, "profile-latency", timing,
                                  {}, on_window=start)
