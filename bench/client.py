@@ -56,7 +56,6 @@ import struct
 import tempfile
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 
 from bench import loadgen
@@ -128,10 +127,6 @@ class ClientBroker(BrokerProcess):
 
 def _url(port: int) -> str:
     return f"meta://127.0.0.1:{port}"
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
 
 
 # ------------------------------------------------------------------- throughput cases
@@ -218,7 +213,7 @@ class _Window:
 
 def _client_put_worker(case: ClientCase, port: int, pipe) -> None:
     """A client process: one closed-loop put load through metaq_client (spawned)."""
-    try:
+    with loadgen.reporting(pipe):
         with tempfile.TemporaryDirectory(prefix="metaq-bench-client-") as tmp:
             if case.api == "trio":
                 import trio
@@ -226,10 +221,6 @@ def _client_put_worker(case: ClientCase, port: int, pipe) -> None:
             else:
                 result = _blocking_puts(case, port, pipe, tmp)
         pipe.send(("done", result))
-    except BaseException as exc:
-        pipe.send(("error", _error_text(exc)))
-    finally:
-        pipe.close()
 
 
 async def _trio_puts(case: ClientCase, port: int, pipe, tmp: str) -> dict:
@@ -420,15 +411,11 @@ def _consumer_config(setup: ConsumerSetup):
 
 
 def _latency_consumer(setup: ConsumerSetup, port: int, group: str, pipe) -> None:
-    try:
+    with loadgen.reporting(pipe):
         import trio
         with tempfile.TemporaryDirectory(prefix="metaq-bench-consumer-") as tmp:
             result = trio.run(_consume, setup, port, group, pipe, tmp)
         pipe.send(("done", result))
-    except BaseException as exc:
-        pipe.send(("error", _error_text(exc)))
-    finally:
-        pipe.close()
 
 
 async def _consume(setup: ConsumerSetup, port: int, group: str, pipe, tmp: str) -> dict:
@@ -483,15 +470,11 @@ async def _consume(setup: ConsumerSetup, port: int, group: str, pipe, tmp: str) 
 
 
 def _latency_producer(rate: int, port: int, pipe) -> None:
-    try:
+    with loadgen.reporting(pipe):
         import trio
         with tempfile.TemporaryDirectory(prefix="metaq-bench-producer-") as tmp:
             result = trio.run(_paced_sends, rate, port, pipe, tmp)
         pipe.send(("done", result))
-    except BaseException as exc:
-        pipe.send(("error", _error_text(exc)))
-    finally:
-        pipe.close()
 
 
 async def _paced_sends(rate: int, port: int, pipe, tmp: str) -> dict:

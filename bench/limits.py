@@ -22,7 +22,6 @@ import dataclasses
 import os
 import socket
 import time
-import traceback
 import zlib
 from dataclasses import dataclass
 
@@ -125,7 +124,7 @@ def measure_loopback_bandwidth(timing: Timing) -> dict:
 
 def _echo_server(pipe) -> None:
     """Echo every byte back until the client closes (a child process)."""
-    try:
+    with loadgen.reporting(pipe):
         listener = socket.create_server((loadgen.HOST, 0))
         pipe.send(("ready", listener.getsockname()[1]))
         sock, _ = listener.accept()
@@ -138,10 +137,6 @@ def _echo_server(pipe) -> None:
             sock.sendall(data)
         sock.close()
         pipe.send(("done", None))
-    except BaseException as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        pipe.close()
 
 
 def measure_rtt(timing: Timing) -> dict:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import multiprocessing
 import os
 import select
@@ -532,12 +533,8 @@ def _open(load: PutLoad, index: int) -> tuple[socket.socket, bytes, bytearray]:
 
 
 def _put_worker(load: PutLoad, nconns: int, pipe) -> None:
-    try:
+    with reporting(pipe):
         pipe.send(("done", _put_worker_run(load, nconns, pipe)))
-    except BaseException as exc:   # reported to the coordinator, which raises
-        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        pipe.close()
 
 
 def _put_worker_run(load: PutLoad, nconns: int, pipe) -> dict:
@@ -667,6 +664,18 @@ def machine_busy_seconds() -> float | None:
     except (OSError, ValueError):
         return None
     return (sum(fields) - fields[3] - fields[4]) / _TICKS
+
+
+@contextlib.contextmanager
+def reporting(pipe):
+    """The body of a child process: an exception is sent to the coordinator as ("error", text)
+    (which raises it there) instead of killing the child; the pipe is closed at the end."""
+    try:
+        yield
+    except BaseException as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        pipe.close()
 
 
 def _spawn(target, *args):
@@ -817,7 +826,7 @@ def _read_response(sock: socket.socket, view: memoryview, buf: bytearray) -> tup
 
 def _drain_consumer(port: int, topic: str, start: int, end: int, record_size: int,
                     max_size: int, passes: int, pipe) -> None:
-    try:
+    with reporting(pipe):
         from metaq_core.wire import Get, encode
 
         sock = socket.create_connection((HOST, port), timeout=30)
@@ -855,10 +864,6 @@ def _drain_consumer(port: int, topic: str, start: int, end: int, record_size: in
                 gets += 1
         _consumer_done(pipe, t0, cpu0, latencies, wire_bytes=wire, record_bytes=records, gets=gets)
         sock.close()
-    except BaseException as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        pipe.close()
 
 
 def run_drain(port: int, topic: str, start: int, end: int, record_size: int, max_size: int,
@@ -967,7 +972,7 @@ def _xread_consumer(port: int, key: str, count: int, batch: int, passes: int, pa
     """Read stream ``key`` from the start, ``XREAD COUNT <batch>`` one request at a time, for
     ``passes`` passes of ``count`` entries. The reply's framing is walked (an entry's id is where
     the next read starts); the values are skipped by length, not copied."""
-    try:
+    with reporting(pipe):
         sock = socket.create_connection((HOST, port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = _RespReader(sock)
@@ -1005,10 +1010,6 @@ def _xread_consumer(port: int, key: str, count: int, batch: int, passes: int, pa
         _consumer_done(pipe, t0, cpu0, latencies, messages=entries, wire_bytes=reader.wire,
                        requests=requests)
         sock.close()
-    except BaseException as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        pipe.close()
 
 
 def run_xread_drain(port: int, key: str, count: int, batch: int, passes: int, payload: int,
@@ -1022,7 +1023,7 @@ def run_xread_drain(port: int, key: str, count: int, batch: int, passes: int, pa
 
 
 def _raw_receiver(total: int, chunk: int, pipe) -> None:
-    try:
+    with reporting(pipe):
         listener = socket.create_server((HOST, 0))
         pipe.send(("ready", listener.getsockname()[1]))
         sock, _ = listener.accept()
@@ -1041,14 +1042,10 @@ def _raw_receiver(total: int, chunk: int, pipe) -> None:
         cpu = time.process_time() - cpu0
         sock.close()
         pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu, "bytes": got}))
-    except BaseException as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        pipe.close()
 
 
 def _raw_sender(port: int, total: int, chunk: int, pipe) -> None:
-    try:
+    with reporting(pipe):
         sock = socket.create_connection((HOST, port), timeout=30)
         data = memoryview(os.urandom(chunk))
         if sock.recv(1) != b"g":
@@ -1065,10 +1062,6 @@ def _raw_sender(port: int, total: int, chunk: int, pipe) -> None:
         sock.recv(1)                          # wait for the receiver to close
         sock.close()
         pipe.send(("done", {"elapsed": elapsed, "cpu_seconds": cpu}))
-    except BaseException as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        pipe.close()
 
 
 def run_raw_loopback(total: int, chunk: int) -> dict:
