@@ -11,18 +11,8 @@ from libc.stdint cimport int64_t, uint32_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
-cdef extern from "zlib.h":
-    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
-
-
-cdef unsigned long _crc(unsigned long c, const unsigned char* p, size_t n) noexcept nogil:
-    cdef unsigned int chunk
-    while n > 0:
-        chunk = <unsigned int>(n if n < 0x40000000 else 0x40000000)
-        c = crc32(c, p, chunk)
-        p += chunk
-        n -= chunk
-    return c
+from metaq_core._crc cimport crc32_update
+from metaq_core._record cimport store_be32
 
 
 def put_frame(bytes topic not None, int partition, bytes body not None, bytes attribute, int opaque):
@@ -37,7 +27,7 @@ def put_frame(bytes topic not None, int partition, bytes body not None, bytes at
     cdef Py_ssize_t ndata = nbody
     cdef int flag = 0
     cdef unsigned char prefix[4]
-    cdef unsigned long c = crc32(0, NULL, 0)
+    cdef uint32_t c = 0
     cdef char head[96]
     cdef int nhead
     cdef char* p
@@ -47,15 +37,12 @@ def put_frame(bytes topic not None, int partition, bytes body not None, bytes at
             raise OverflowError("attribute longer than 2 GiB")
         flag = 1
         ndata = 4 + nattr + nbody
-        prefix[0] = <unsigned char>((<uint32_t>nattr >> 24) & 0xFF)
-        prefix[1] = <unsigned char>((<uint32_t>nattr >> 16) & 0xFF)
-        prefix[2] = <unsigned char>((<uint32_t>nattr >> 8) & 0xFF)
-        prefix[3] = <unsigned char>(<uint32_t>nattr & 0xFF)
-        c = crc32(c, prefix, 4)
-        c = _crc(c, <const unsigned char*>PyBytes_AS_STRING(attribute), <size_t>nattr)
-    c = _crc(c, <const unsigned char*>PyBytes_AS_STRING(body), <size_t>nbody)
-    nhead = snprintf(head, sizeof(head), " %d %lld %d %lu %d\r\n", partition, <long long>ndata, flag,
-                     c & 0x7FFFFFFFUL, opaque)
+        store_be32(prefix, <uint32_t>nattr)
+        c = crc32_update(c, prefix, 4)
+        c = crc32_update(c, <const unsigned char*>PyBytes_AS_STRING(attribute), <size_t>nattr)
+    c = crc32_update(c, <const unsigned char*>PyBytes_AS_STRING(body), <size_t>nbody)
+    nhead = snprintf(head, sizeof(head), " %d %lld %d %u %d\r\n", partition, <long long>ndata, flag,
+                     <unsigned int>(c & 0x7FFFFFFFU), opaque)
     out = PyBytes_FromStringAndSize(NULL, 4 + ntopic + nhead + ndata)
     p = PyBytes_AS_STRING(out)
     memcpy(p, b"put ", 4)

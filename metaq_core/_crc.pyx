@@ -11,8 +11,9 @@ cdef extern from "zlib.h":
 cdef size_t NOGIL_THRESHOLD = 65536
 
 
-cdef uint32_t crc32_raw(const unsigned char* p, size_t n) noexcept nogil:
-    cdef unsigned long c = crc32(0, NULL, 0)
+cdef uint32_t crc32_update(uint32_t crc, const unsigned char* p, size_t n) noexcept nogil:
+    """The CRC-32 of the bytes already summed into ``crc`` followed by ``p[:n]`` (any length)."""
+    cdef unsigned long c = crc
     cdef unsigned int chunk
     while n > 0:
         chunk = <unsigned int>(n if n < 0x40000000 else 0x40000000)
@@ -20,6 +21,10 @@ cdef uint32_t crc32_raw(const unsigned char* p, size_t n) noexcept nogil:
         p += chunk
         n -= chunk
     return <uint32_t>c
+
+
+cdef uint32_t crc32_raw(const unsigned char* p, size_t n) noexcept nogil:
+    return crc32_update(<uint32_t>crc32(0, NULL, 0), p, n)
 
 
 cdef uint32_t checksum_raw(const unsigned char* p, size_t n) noexcept nogil:

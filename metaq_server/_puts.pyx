@@ -20,15 +20,13 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
+from metaq_core._crc cimport checksum_raw
+from metaq_core._record cimport HEADER_SIZE, load_be32
 from metaq_core.errors import MetaqError
 from metaq_core.frames import Put, encode_result
 
-cdef extern from "zlib.h":
-    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
-
 cdef enum:
     ATTRIBUTE_FLAG = 1
-    HEADER_SIZE = 20
     ANSWER_MAX = 96        # "result 200 <len> <opaque>\r\n<id> <partition> <offset>" fits easily
 
 
@@ -198,15 +196,14 @@ cdef class PutIntake:
         if flag & ATTRIBUTE_FLAG:
             if n < 4:
                 return False
-            attr_len = <int32_t>((<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) |
-                                 (<uint32_t>p[2] << 8) | <uint32_t>p[3])
+            attr_len = <int32_t>load_be32(p)
             if attr_len < 0 or attr_len > n - 4:
                 return False
         if n >= 65536:
             with nogil:
-                crc = <uint32_t>crc32(crc32(0, NULL, 0), p, <unsigned int>n) & 0x7FFFFFFF
+                crc = checksum_raw(p, <size_t>n)
         else:
-            crc = <uint32_t>crc32(crc32(0, NULL, 0), p, <unsigned int>n) & 0x7FFFFFFF
+            crc = checksum_raw(p, <size_t>n)
         if checksum != -1 and checksum != <int64_t>crc:
             return False
         try:
