@@ -42,6 +42,11 @@ from metaq_core.errors import (
 from metaq_core.naming import parse_segment_file_name, segment_file_name
 from metaq_core.segment import Segment, create_segment, sync_directory
 
+if os.environ.get("METAQ_PURE_PYTHON") == "1":
+    _append = None  # the pure twin: every append takes the Python path
+else:
+    from metaq_core import _append
+
 log = logging.getLogger("metaq.store")
 
 GROUP_COMMIT_CAP = 512 * 1024
@@ -227,6 +232,13 @@ class PartitionLog:
         self._message_count = 0
         self._recovered_truncated = 0
         self._load(create, offset_if_create)
+        # Threshold mode: one-record blocking appends in one compiled call (see _append).
+        self._direct = None
+        if _append is not None and not self.group_commit and not read_only:
+            self._direct = _append.DirectAppender(
+                self, self._write_lock, self._direct_failed, Appended, settings.unflush_threshold,
+                settings.max_segment_size, settings.max_transfer_size,
+                settings.unflush_interval / 1000.0)
 
     # ----------------------------------------------------------------- loading and recovery
 
@@ -395,7 +407,22 @@ class PartitionLog:
         return request.outcome()
 
     def append(self, data: bytes, *, flag: int = 0, msg_id: int = 0, checksum: int = -1) -> Appended:
+        direct = self._direct
+        if direct is not None:  # threshold mode: the compiled one-call path, unless it declines
+            done = direct.append(data, flag, msg_id, checksum, None)
+            if done is not None:
+                return done
         return self.append_many([(data, flag, msg_id, checksum)])[0]
+
+    def _direct_failed(self, exc: OSError) -> None:
+        """The direct path's write failed (the tail's length still excludes the record): cut
+        the file back, fail the log, raise."""
+        with self._write_lock:
+            tail = self._view[1][-1]
+            if self._failure is None:
+                self._fail_io(tail, tail.written, exc, [])
+            failure = self._failure
+        raise failure from exc
 
     def _append_here(self, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
         size = self._measure(items)
@@ -760,10 +787,13 @@ class PartitionLog:
     def statistics(self) -> PartitionStatistics:
         c = self._counters
         segments = self._view[1]
+        direct = self._direct
+        more, more_bytes = (direct.records, direct.nbytes) if direct is not None else (0, 0)
         return PartitionStatistics(
-            appends=c["appends"], records=c["records"], bytes_appended=c["bytes"],
-            batches=c["batches"], syncs=c["syncs"], max_batch=c["max_batch"],
-            message_count=self._message_count,
+            appends=c["appends"] + more, records=c["records"] + more,
+            bytes_appended=c["bytes"] + more_bytes, batches=c["batches"] + more,
+            syncs=c["syncs"], max_batch=c["max_batch"],
+            message_count=self._message_count + more,
             recovered_bytes_truncated=self._recovered_truncated, io_errors=c["io_errors"],
             segments=len(segments), min_offset=segments[0].start, max_offset=segments[-1].end,
             size_bytes=sum(s.written for s in segments),

@@ -43,6 +43,7 @@ from metaq_core.partition import (
     PartitionLog,
     PartitionStatistics,
     Slice,
+    _append,
 )
 
 log = logging.getLogger("metaq.store")
@@ -117,6 +118,10 @@ class LogStore:
         self._lock = threading.Lock()
         self._closed = False
         self._lock_fd: int | None = None
+        if _append is not None and not read_only:
+            # The same method in one compiled call: a threshold-mode log's records are written
+            # from here directly (partition._append); everything else comes back to the method.
+            self.append_data = _append.StoreAppends(self._logs, self.ids, self._append_data).append_data
         if read_only:
             if not os.path.isdir(self.path):
                 raise StoreLoadError(f"no data directory {self.path}")
@@ -263,6 +268,10 @@ class LogStore:
     def append_data(self, topic: str, partition: int, data: bytes, *, flag: int = 0,
                     msg_id: int | None = None, checksum: int = -1) -> Appended:
         """Append raw message data (attribute block + body, protocol §4.1) with its flag."""
+        return self._append_data(topic, partition, data, flag=flag, msg_id=msg_id, checksum=checksum)
+
+    def _append_data(self, topic: str, partition: int, data: bytes, *, flag: int = 0,
+                     msg_id: int | None = None, checksum: int = -1) -> Appended:
         record.check_data(flag, data)
         plog = self.partition(topic, partition)
         return plog.append(bytes(data), flag=flag,

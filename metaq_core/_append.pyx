@@ -1,0 +1,204 @@
+# cython: language_level=3
+"""Threshold-mode appends from the calling thread in one C call (the hot path of a blocking
+``append`` when ``unflush_threshold > 0``).
+
+``DirectAppender.append`` does, without ever releasing the GIL, exactly what
+``PartitionLog._append_here`` does for one record when no upkeep is due: the message id, the
+checksum, the header, the write of header and data to the tail segment (``writev``, page cache),
+and the partition's bookkeeping (tail length, unflushed count, counters). Holding the GIL from
+the first check to the last update makes it atomic for every other Python thread, so it needs no
+lock of its own: it only runs while the partition's write lock is free, and declines (returns
+None, having touched nothing) whenever the slow path has something to do — an fdatasync or a
+roll due, the first unflushed record (the periodic flusher must be told), a closed or failed
+log, a malformed attribute block, a large record. The record is in the file when it returns;
+nothing is buffered in user space.
+
+It knows the partition's attribute names and nothing else of it; it must not sync, roll, or
+touch any file but the tail's descriptor.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.string cimport memcpy
+
+from metaq_core._crc cimport checksum_raw
+from metaq_core._record cimport HEADER_SIZE, load_be32, write_header
+
+from metaq_core._segment import BatchWriteError
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec* iov, int iovcnt)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp)
+    int CLOCK_MONOTONIC
+
+#: Larger records take the slow path (which writes with the GIL released).
+DIRECT_MAX = 64 * 1024
+
+#: Records up to this size are copied behind their header and written with one ``write``.
+cdef enum:
+    COPY_MAX = 2048
+
+
+cdef inline double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef int write_record(int fd, unsigned char* header, const char* data, size_t n,
+                      size_t* written) noexcept:
+    """Write header + data (``header`` has room for COPY_MAX bytes after it), resuming after
+    short writes and EINTR; 0 or an errno."""
+    cdef iovec iov[2]
+    cdef int first = 0
+    cdef ssize_t r
+    cdef size_t left
+    iov[0].iov_base = header
+    iov[0].iov_len = HEADER_SIZE
+    iov[1].iov_base = <void*>data
+    iov[1].iov_len = n
+    if n <= COPY_MAX:  # one buffer: the kernel copies one piece
+        memcpy(header + HEADER_SIZE, data, n)
+        iov[0].iov_len = HEADER_SIZE + n
+        iov[1].iov_len = 0
+    while first < 2:
+        r = writev(fd, iov + first, 2 - first)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if r == 0 and iov[first].iov_len + (iov[1].iov_len if first == 0 else 0) > 0:
+            return 5  # EIO: no progress possible
+        written[0] += <size_t>r
+        left = <size_t>r
+        while first < 2 and left >= iov[first].iov_len:
+            left -= iov[first].iov_len
+            first += 1
+        if left:
+            iov[first].iov_base = <char*>iov[first].iov_base + left
+            iov[first].iov_len -= left
+    return 0
+
+
+cdef class DirectAppender:
+    """The direct path of one threshold-mode PartitionLog (see the module doc)."""
+
+    cdef object plog
+    cdef object lock_locked      # the write lock's bound ``locked``
+    cdef object failed           # the log's handler of a write error (raises)
+    cdef object appended         # the Appended class
+    cdef object tuple_new
+    cdef long long threshold
+    cdef long long max_segment
+    cdef long long max_record
+    cdef double interval         # seconds; <= 0: no interval
+    #: What this path appended (one record per append and per batch); the log adds these to
+    #: its own counters in ``statistics()``.
+    cdef readonly long long records
+    cdef readonly long long nbytes
+
+    def __init__(self, plog, write_lock, failed, appended, long long threshold,
+                 long long max_segment, long long max_record, double interval_s):
+        self.plog = plog
+        self.lock_locked = write_lock.locked
+        self.failed = failed
+        self.records = 0
+        self.nbytes = 0
+        self.appended = appended
+        self.tuple_new = tuple.__new__
+        self.threshold = threshold
+        self.max_segment = max_segment
+        self.max_record = max_record if max_record < DIRECT_MAX else DIRECT_MAX
+        self.interval = interval_s
+
+    def append(self, data, int flag, msg_id, long long checksum, ids):
+        """Write one record now and return its Appended, or None (nothing touched) when the
+        slow path must take it. ``msg_id`` None: the next id of ``ids``. A write error is handed
+        to the log's handler (BatchWriteError, with the bytes that reached the file), which
+        cuts the file back, fails the log and raises."""
+        return self.append_one(data, flag, msg_id, checksum, ids)
+
+    cdef object append_one(self, data, int flag, msg_id, long long checksum, ids):
+        cdef unsigned char header[HEADER_SIZE + COPY_MAX]
+        cdef Py_ssize_t n
+        cdef long long size, before, unflushed, mid
+        cdef uint32_t crc
+        cdef size_t written = 0
+        cdef int fd, err
+        if type(data) is not bytes:
+            return None
+        n = PyBytes_GET_SIZE(data)
+        if flag & 1 and (n < 4 or <int32_t>load_be32(<const unsigned char*>PyBytes_AS_STRING(data)) < 0
+                         or <int32_t>load_be32(<const unsigned char*>PyBytes_AS_STRING(data)) > n - 4):
+            return None  # a malformed attribute block: the slow path says what is wrong
+        size = HEADER_SIZE + n
+        if size > self.max_record:
+            return None
+        plog = self.plog
+        if not plog._accepting or self.lock_locked():
+            return None
+        unflushed = plog._unflushed
+        if unflushed == 0 or unflushed + 1 > self.threshold:
+            return None
+        if self.interval > 0 and monotonic() - <double>plog._last_flush >= self.interval:
+            return None
+        segments = plog._view[1]
+        tail = segments[len(segments) - 1]  # (built without wraparound: no [-1])
+        before = tail.written
+        if before + size >= self.max_segment:
+            return None
+        fd_obj = tail._fd
+        if fd_obj is None:
+            return None
+        fd = fd_obj
+        mid = ids.next_id() if msg_id is None else msg_id
+        crc = <uint32_t>checksum if checksum >= 0 else checksum_raw(
+            <const unsigned char*>PyBytes_AS_STRING(data), <size_t>n)
+        write_header(header, <int32_t>n, crc, <int64_t>mid, <int32_t>flag)
+        err = write_record(fd, header, PyBytes_AS_STRING(data), <size_t>n, &written)
+        if err:
+            self.failed(BatchWriteError(err, written))
+            raise AssertionError("the write-error handler returned")
+        tail.written = before + size
+        plog._unflushed = unflushed + 1
+        self.records += 1
+        self.nbytes += size
+        return self.tuple_new(self.appended, (tail.start + before, mid, size))
+
+
+cdef class StoreAppends:
+    """``LogStore.append_data`` in one compiled call: the partition looked up, then the direct
+    path of a threshold-mode log; anything it declines goes to ``slow`` (the Python method,
+    same arguments)."""
+
+    cdef dict logs
+    cdef object ids
+    cdef object slow
+
+    def __init__(self, dict logs, ids, slow):
+        self.logs = logs
+        self.ids = ids
+        self.slow = slow
+
+    def append_data(self, topic, partition, data, *, int flag=0, msg_id=None,
+                    long long checksum=-1):
+        """Append raw message data (attribute block + body, protocol §4.1) with its flag."""
+        cdef PyObject* found = PyDict_GetItem(self.logs, (topic, partition))
+        if found != NULL:
+            direct = (<object>found)._direct
+            if direct is not None:
+                done = (<DirectAppender>direct).append_one(data, flag, msg_id, checksum, self.ids)
+                if done is not None:
+                    return done
+        return self.slow(topic, partition, data, flag=flag, msg_id=msg_id, checksum=checksum)

@@ -1,0 +1,144 @@
+"""Threshold-mode blocking appends: the compiled one-call path (``metaq_core._append``) must
+write exactly what the Python path writes, keep the log's bookkeeping, decline what it cannot do,
+and fail the log on a write error. Under ``METAQ_PURE_PYTHON=1`` the same tests run the Python
+path (there is no direct path then)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+
+import pytest
+
+from metaq_core import InvalidMessageError, LogStore, StorageIOError
+from metaq_core.partition import _append
+
+COMPILED = _append is not None
+SEGMENT = "00000000000000000000.meta"
+
+
+def parse(path: str) -> list[tuple[int, int, int, bytes]]:
+    """(offset, msg_id, flag, data) of every valid record of a segment file (protocol §4.4)."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    out, pos = [], 0
+    while len(buf) - pos >= 20:
+        length, crc, msg_id, flag = struct.unpack_from(">iiqi", buf, pos)
+        data = buf[pos + 20:pos + 20 + length]
+        assert len(data) == length and zlib.crc32(data) & 0x7FFFFFFF == crc, pos
+        out.append((pos, msg_id, flag, data))
+        pos += 20 + length
+    assert pos == len(buf)
+    return out
+
+
+def test_append_data_in_threshold_mode_writes_what_it_returns(data_dir):
+    with LogStore(data_dir, unflush_threshold=5, unflush_interval=60_000) as store:
+        plog = store.partition("t", 0)
+        assert (plog._direct is not None) == COMPILED
+        attr = struct.pack(">i", 3) + b"k=v" + b"body"
+        placed = [store.append_data("t", 0, b"m%d" % i) for i in range(12)]
+        placed.append(store.append_data("t", 0, attr, flag=1))
+        placed.append(store.append_data("t", 0, b"given", msg_id=77, checksum=zlib.crc32(b"given") & 0x7FFFFFFF))
+        placed.append(plog.append(b"through the log", flag=4, msg_id=99))
+        offsets = [p.offset for p in placed]
+        assert offsets == sorted(offsets) and offsets[0] == 0
+        for before, after in zip(placed, placed[1:]):
+            assert after.offset == before.offset + before.size
+        assert placed[-3].size == 20 + len(attr)
+        assert placed[-2].msg_id == 77 and placed[-1].msg_id == 99
+        ids = [p.msg_id for p in placed[:13]]
+        assert len(set(ids)) == 13 and ids == sorted(ids)
+        stats = plog.statistics()
+        assert stats.records == stats.appends == len(placed) == stats.message_count
+        assert stats.bytes_appended == sum(p.size for p in placed) == stats.size_bytes
+        assert stats.syncs == len(placed) // 6  # every 6th unflushed append syncs (threshold 5)
+        store.flush()
+        assert plog.max_offset == stats.size_bytes
+        messages = store.read("t", 0, 0).messages
+        assert [m.offset for m in messages] == offsets
+        assert messages[12].attribute == "k=v" and messages[12].body == b"body"
+    records = parse(os.path.join(data_dir, "t-0", SEGMENT))
+    assert [(o, i, f) for o, i, f, _d in records] == [
+        (p.offset, p.msg_id, f) for p, f in zip(placed, [0] * 12 + [1, 0, 4])]
+    assert records[13][3] == b"given"
+
+
+def test_a_malformed_attribute_block_is_refused_and_nothing_is_written(data_dir):
+    with LogStore(data_dir, unflush_threshold=100) as store:
+        store.append_data("t", 0, b"first")
+        store.append_data("t", 0, b"second")
+        for bad in (b"", b"\x00\x00", struct.pack(">i", 9) + b"abc", struct.pack(">i", -1) + b"x"):
+            with pytest.raises(InvalidMessageError):
+                store.append_data("t", 0, bad, flag=1)
+        assert store.partition("t", 0).statistics().records == 2
+        assert store.append_data("t", 0, b"third").offset == 2 * 20 + len(b"firstsecond")
+
+
+def test_large_records_and_segment_rolls_take_the_python_path(data_dir):
+    with LogStore(data_dir, unflush_threshold=1000, max_segment_size=4096,
+                  max_transfer_size=200_000) as store:
+        placed = [store.append_data("t", 0, bytes([i % 251]) * (100 + 37 * i)) for i in range(60)]
+        placed.append(store.append_data("t", 0, b"x" * 100_000))
+        plog = store.partition("t", 0)
+        assert len(plog.segments()) > 5
+        for before, after in zip(placed, placed[1:]):
+            assert after.offset == before.offset + before.size
+        store.flush()
+        offset, seen = 0, []
+        while offset < plog.max_offset:
+            result = store.read("t", 0, offset)
+            seen.extend(m.body for m in result.messages)
+            offset = result.next_offset
+        assert seen == [bytes([i % 251]) * (100 + 37 * i) for i in range(60)] + [b"x" * 100_000]
+
+
+def test_concurrent_threads_append_contiguous_valid_records(data_dir):
+    threads, each = 8, 1500
+    results: list[list] = [[] for _ in range(threads)]
+
+    def appender(k: int) -> None:
+        for i in range(each):
+            results[k].append(store.append_data("t", 0, b"%d:%d" % (k, i) * (1 + i % 7)))
+
+    with LogStore(data_dir, unflush_threshold=50, unflush_interval=5) as store:
+        workers = [threading.Thread(target=appender, args=(k,)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        stats = store.partition("t", 0).statistics()
+        assert stats.records == threads * each
+    placed = sorted((p for r in results for p in r), key=lambda p: p.offset)
+    records = parse(os.path.join(data_dir, "t-0", SEGMENT))
+    assert [(o, i) for o, i, _f, _d in records] == [(p.offset, p.msg_id) for p in placed]
+    for k in range(threads):  # each thread's records in its own order
+        mine = [p.offset for p in results[k]]
+        assert mine == sorted(mine)
+
+
+def test_a_write_error_on_the_direct_path_fails_the_log(data_dir):
+    with LogStore(data_dir, unflush_threshold=1000) as store:
+        store.append_data("t", 0, b"one")
+        good = store.append_data("t", 0, b"two")
+        plog = store.partition("t", 0)
+        tail = plog.segments()[-1]
+        full = os.open("/dev/full", os.O_WRONLY)
+        saved = os.dup(tail.fileno())
+        try:
+            os.dup2(full, tail.fileno())  # every write now fails with ENOSPC
+            with pytest.raises(StorageIOError):
+                store.append_data("t", 0, b"three")
+            with pytest.raises(StorageIOError, match="read-only"):
+                store.append_data("t", 0, b"four")
+            with pytest.raises(StorageIOError):
+                plog.append(b"five")
+        finally:
+            os.dup2(saved, tail.fileno())
+            os.close(saved)
+            os.close(full)
+        stats = plog.statistics()
+        assert stats.io_errors == 1 and stats.records == 2
+        assert stats.size_bytes == good.offset + good.size
