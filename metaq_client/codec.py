@@ -1,6 +1,8 @@
 """The client's per-message codec: ``put_frame`` builds a whole ``put`` frame (7-token 1.4.4 form,
 with its checksum), ``put_answer`` parses the body of a put's ``result 200`` answer and
-``put_result`` turns it into the ``SendResult`` at once.
+``put_result`` turns it into the ``SendResult`` at once. ``Waiter`` is the waiting side of one
+request: what a task awaits until the connection hands it the answer (reused for the task's
+next request).
 
 Compiled (``metaq_core._client_codec``) unless ``METAQ_PURE_PYTHON=1`` or the extension is not
 built; the pure functions here are its twin, byte for byte what ``metaq_core.frames.encode``
@@ -62,13 +64,62 @@ def put_result_py(body: bytes | None, broker_id: int, partitions: dict[int, Any]
     return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
 
 
+class WaiterPy:
+    """A task waiting for the answer to its request, and the awaitable it waits on.
+
+    The connection keeps it in its table of outstanding requests (``pending[opaque]``) and calls
+    ``resolve(answer)`` or ``fail(error)``, which hand the waiter itself to ``wake(task, self)``
+    (trio's ``reschedule``) as the task's outcome. ``await waiter`` yields ``trap`` to the event
+    loop once (trio: ``WaitTaskRescheduled(waiter.abort)``) and returns the answer or raises the
+    error. ``abort`` (the wait was cancelled) forgets the request and returns ``aborted`` (trio:
+    ``Abort.SUCCEEDED``). A task reuses its waiter for its next request."""
+
+    __slots__ = ("task", "wake", "aborted", "trap", "answer", "error", "pending", "opaque")
+
+    def __init__(self, task: Any, wake: Any, aborted: Any) -> None:
+        self.task = task
+        self.wake = wake
+        self.aborted = aborted
+        self.trap: Any = None
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self.pending: dict[int, Any] | None = None
+        self.opaque: int | None = None
+
+    def resolve(self, answer: Any) -> None:
+        """The answer came: wake the task (``await`` returns ``answer``)."""
+        self.answer = answer
+        self.wake(self.task, self)
+
+    def fail(self, error: BaseException) -> None:
+        """The request failed: wake the task (``await`` raises ``error``)."""
+        self.answer = None
+        self.error = error
+        self.wake(self.task, self)
+
+    def unwrap(self) -> Any:
+        """The outcome protocol: the answer, or raise the error."""
+        if self.answer is None:
+            raise self.error  # type: ignore[misc]
+        return self.answer
+
+    def abort(self, _raise_cancel: Any) -> Any:
+        """The wait was cancelled: an answer arriving later finds nobody (``pending`` forgets it)."""
+        if self.pending is not None:
+            self.pending.pop(self.opaque, None)
+        return self.aborted
+
+    def __await__(self) -> Any:
+        return (yield self.trap).unwrap()
+
+
 if os.environ.get("METAQ_PURE_PYTHON") == "1":
-    put_frame, put_answer, put_result = put_frame_py, put_answer_py, put_result_py
+    put_frame, put_answer, put_result, Waiter = put_frame_py, put_answer_py, put_result_py, WaiterPy
     IMPLEMENTATION = "python"
 else:
     try:
-        from metaq_core._client_codec import put_answer, put_frame, put_result  # noqa: F401
+        from metaq_core._client_codec import Waiter, put_answer, put_frame, put_result  # noqa: F401
         IMPLEMENTATION = "cython"
     except ImportError:  # the extension is not built (a source checkout without build_ext)
-        put_frame, put_answer, put_result = put_frame_py, put_answer_py, put_result_py
+        put_frame, put_answer, put_result, Waiter = put_frame_py, put_answer_py, put_result_py, WaiterPy
         IMPLEMENTATION = "python"

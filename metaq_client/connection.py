@@ -12,15 +12,17 @@ BrokerUnavailableError. This module moves frames: it never interprets a status c
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import logging
 import os
-from typing import Any
-import itertools
 import urllib.parse
+from typing import Any
 
 import attrs
 import trio
 
+from metaq_client.codec import Waiter
 from metaq_client.errors import BrokerUnavailableError, ConnectionClosedError
 from metaq_core.wire import Event, FrameDecoder, RemoteProtocolError, Result, Value, Version, encode
 
@@ -89,36 +91,23 @@ class _Counters:
     dropped_answers: int = 0
 
 
-class _Waiter:
-    """A task waiting for the answer to its request. It is handed to ``trio.lowlevel.reschedule``
-    as the task's outcome (``wait_task_rescheduled`` returns ``outcome.unwrap()``): waking a
-    request costs no ``outcome.Value`` and no ``trio.Event``."""
+_TASK_WAITER: contextvars.ContextVar[Any] = contextvars.ContextVar("metaq_client_waiter")
 
-    __slots__ = ("task", "answer", "error", "opaque", "pending")
 
-    def __init__(self, task: trio.lowlevel.Task, opaque: int, pending: dict[int, Any]) -> None:
-        self.task = task
-        self.answer: Result | Value | None = None  # stays None only when it failed
-        self.opaque = opaque
-        self.pending = pending
-
-    def resolve(self, answer: Result | Value) -> None:
-        self.answer = answer
-        trio.lowlevel.reschedule(self.task, self)
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        trio.lowlevel.reschedule(self.task, self)
-
-    def unwrap(self) -> Result | Value:
-        answer = self.answer
-        if answer is None:
-            raise self.error
-        return answer
-
-    def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
-        self.pending.pop(self.opaque, None)  # cancelled: an answer arriving later is dropped
-        return trio.lowlevel.Abort.SUCCEEDED
+def task_waiter() -> Waiter:
+    """The current task's ``Waiter`` (created at its first request, reused for the next ones: a
+    task waits for one answer at a time). A child task inherits its parent's context, hence the
+    check of the task."""
+    task = trio.lowlevel.current_task()
+    waiter = _TASK_WAITER.get(None)
+    if waiter is None or waiter.task is not task:
+        waiter = Waiter(task, trio.lowlevel.reschedule, trio.lowlevel.Abort.SUCCEEDED)
+        # what ``wait_task_rescheduled(waiter.abort)`` yields to the run loop, made once
+        trap = trio.lowlevel.wait_task_rescheduled(waiter.abort)
+        waiter.trap = trap.send(None)
+        trap.close()
+        _TASK_WAITER.set(waiter)
+    return waiter
 
 
 class _Woken:
@@ -138,8 +127,8 @@ class Connection:
     """One live TCP connection to a broker; ``run()`` serves it until it closes.
 
     Every outstanding request is an entry of ``_pending`` (opaque → an object with
-    ``resolve(answer)`` and ``fail(error)``): a waiting task (``request``) or a callback
-    (``submit``). Frames queue in ``_out``; the writer task sends whatever has queued in one
+    ``resolve(answer)`` and ``fail(error)``): a waiting task's ``Waiter`` (``request``) or a
+    callback (``submit``). Frames queue in ``_out``; the writer task sends whatever has queued in one
     ``send_all``, so requests made in the same scheduler round share a send."""
 
     def __init__(self, url: str, stream: trio.abc.Stream, settings: ConnectionSettings,
@@ -168,16 +157,18 @@ class Connection:
     async def request_frame(self, frame: bytes, opaque: int) -> Result | Value:
         """Send the encoded ``frame``, whose opaque is ``opaque`` (from ``next_opaque``), and wait
         for its answer."""
-        return await trio.lowlevel.wait_task_rescheduled(self.enqueue(frame, opaque).abort)
+        return await self.enqueue(frame, opaque)
 
-    def enqueue(self, frame: bytes, opaque: int) -> _Waiter:
-        """Queue ``frame`` for the current task, which must then wait for the answer with
-        ``await trio.lowlevel.wait_task_rescheduled(waiter.abort)`` right away (``request_frame``
-        in one call; the producer awaits it itself to save a coroutine per send)."""
+    def enqueue(self, frame: bytes, opaque: int) -> Waiter:
+        """Queue ``frame`` for the current task, which must then ``await`` the returned waiter
+        right away for the answer (``request_frame`` in one call; the producer awaits it itself to
+        save a coroutine per send)."""
         if self.closed:
             raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
-        pending = self._pending
-        waiter = pending[opaque] = _Waiter(trio.lowlevel.current_task(), opaque, pending)
+        waiter = task_waiter()
+        pending = waiter.pending = self._pending
+        waiter.opaque = opaque
+        pending[opaque] = waiter
         self._counters.requests += 1
         self._out.append(frame)
         if self._writer_task is not None:

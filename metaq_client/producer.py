@@ -17,8 +17,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from trio.lowlevel import wait_task_rescheduled
-
 from metaq_client.answers import text_of
 from metaq_client.codec import put_frame, put_result, topic_token
 from metaq_client.connection import Connection, ConnectionPool, next_opaque
@@ -84,8 +82,7 @@ class Producer(NurseryOwner):
             url = fixed[0]
             conn = self._conn = self._pool.live_connection(url) or await self._pool.connection(url)
         opaque = next_opaque()
-        waiter = conn.enqueue(put_frame(token, -1, body, attribute, opaque), opaque)
-        return self.result_of(await wait_task_rescheduled(waiter.abort), fixed[1])
+        return self.result_of(await conn.enqueue(put_frame(token, -1, body, attribute, opaque), opaque), fixed[1])
 
     async def send_message(self, message: Message, *,
                            partition_selector: PartitionSelector | None = None) -> SendResult:

@@ -7,6 +7,8 @@ Byte for byte what ``metaq_core.frames.encode(Put(...))`` produces. The pure-Pyt
 ``metaq_client.codec`` (the one in use with ``METAQ_PURE_PYTHON=1``); import from there. Sans-I/O.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t, uint32_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
@@ -127,3 +129,121 @@ def put_result(bytes body, broker_id, dict partitions, result_type, partition_ty
                 partitions[key] = partition
         return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
     raise ValueError(f"not the answer to a put: {body!r}")
+
+
+# ----------------------------------------------------------------- the waiting side of a request
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030A0000
+    static int metaq_set_am_send(PyTypeObject *type, void *send) {
+        if (type->tp_as_async == NULL) return -1;
+        type->tp_as_async->am_send = (sendfunc)send;
+        PyType_Modified(type);
+        return 0;
+    }
+    #else
+    #error "Python 3.10 or later is needed (am_send)"
+    #endif
+    """
+    int metaq_set_am_send(PyTypeObject* type, void* send)
+
+
+cdef class Waiter:
+    """A task waiting for the answer to its request, and the awaitable it waits on.
+
+    The connection keeps it in its table of outstanding requests (``pending[opaque]``) and calls
+    ``resolve(answer)`` or ``fail(error)``, which hand the waiter itself to ``wake(task, self)``
+    (trio's ``reschedule``) as the task's outcome. ``await waiter`` yields ``trap`` to the event
+    loop once (trio: ``WaitTaskRescheduled(waiter.abort)``) and returns the answer or raises the
+    error: no coroutine, no outcome object, no exception to return a value (the awaitable
+    implements ``am_send``). ``abort`` (the wait was cancelled) forgets the request and returns
+    ``aborted`` (trio: ``Abort.SUCCEEDED``). A task reuses its waiter for its next request, so a
+    request allocates nothing here. Not meant to be subclassed (a Python subclass would lose the
+    ``am_send`` slot)."""
+
+    cdef public object task
+    cdef public object wake
+    cdef public object aborted
+    cdef public object trap
+    cdef public object answer
+    cdef public object error
+    cdef public dict pending
+    cdef public object opaque
+    cdef bint parked
+
+    def __init__(self, task, wake, aborted):
+        self.task = task
+        self.wake = wake
+        self.aborted = aborted
+
+    def abort(self, raise_cancel):
+        """The wait was cancelled: an answer arriving later finds nobody (``pending`` forgets it)."""
+        if self.pending is not None:
+            self.pending.pop(self.opaque, None)
+        return self.aborted
+
+    def resolve(self, answer):
+        """The answer came: wake the task (``await`` returns ``answer``)."""
+        self.answer = answer
+        self.wake(self.task, self)
+
+    def fail(self, error):
+        """The request failed: wake the task (``await`` raises ``error``)."""
+        self.answer = None
+        self.error = error
+        self.wake(self.task, self)
+
+    def unwrap(self):
+        """The outcome protocol: the answer, or raise the error."""
+        if self.answer is None:
+            raise self.error
+        return self.answer
+
+    def __await__(self):
+        self.parked = False
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        """The first step yields ``trap``; the second, resumed with the outcome, ends the await."""
+        if not self.parked:
+            self.parked = True
+            return self.trap
+        self.parked = False
+        raise StopIteration(self._outcome(value))
+
+    cdef object _outcome(self, object value):
+        if value is self:
+            answer = self.answer
+            if answer is None:
+                raise self.error
+            return answer
+        return value.unwrap()  # whatever else the event loop resumed the task with (Cancelled)
+
+
+cdef int _waiter_am_send(PyObject* obj, PyObject* value, PyObject** result) except -1:
+    """``am_send`` of Waiter: PYGEN_NEXT (1) with the trap, then PYGEN_RETURN (0) with the answer;
+    -1 (PYGEN_ERROR) with the exception set."""
+    cdef Waiter self = <Waiter>obj
+    cdef object out
+    if not self.parked:
+        self.parked = True
+        out = self.trap
+        Py_INCREF(out)
+        result[0] = <PyObject*>out
+        return 1
+    self.parked = False
+    out = self._outcome(<object>value)
+    Py_INCREF(out)
+    result[0] = <PyObject*>out
+    return 0
+
+
+if metaq_set_am_send(<PyTypeObject*>Waiter, <void*>_waiter_am_send) != 0:
+    raise ImportError("Waiter has no async slots")

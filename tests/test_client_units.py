@@ -300,3 +300,58 @@ def test_put_results_share_one_partition_object_per_number(implementation):
     assert sorted(cache) == [3, 4]  # bounded
     with pytest.raises(ValueError):
         put_result(b"1 2", 7, cache, SendResult, Partition, 2)
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "pure"])
+def test_a_task_reuses_its_waiter_for_answers_errors_and_cancellation(implementation):
+    import trio
+
+    from metaq_client import codec
+
+    cls = codec.WaiterPy if implementation == "pure" else pytest.importorskip("metaq_core._client_codec").Waiter
+
+    def waiter_of(task):
+        waiter = cls(task, trio.lowlevel.reschedule, trio.lowlevel.Abort.SUCCEEDED)
+        trap = trio.lowlevel.wait_task_rescheduled(waiter.abort)
+        waiter.trap = trap.send(None)
+        trap.close()
+        return waiter
+
+    pending: dict = {}
+    seen: list = []
+
+    async def requester():
+        waiter = waiter_of(trio.lowlevel.current_task())
+        for opaque in (1, 2):
+            waiter.pending, waiter.opaque = pending, opaque
+            pending[opaque] = waiter
+            seen.append(await waiter)
+        waiter.opaque = 3
+        pending[3] = waiter
+        with pytest.raises(ConnectionError, match="gone"):
+            await waiter
+        pending[4] = waiter
+        waiter.opaque = 4
+        with trio.move_on_after(0.01) as scope:
+            await waiter
+        assert scope.cancelled_caught and 4 not in pending  # the abort forgot the request
+        pending[5] = waiter
+        waiter.opaque = 5
+        seen.append(await waiter)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(requester)
+            for opaque, answer in ((1, "one"), (2, "two")):
+                while opaque not in pending:
+                    await trio.sleep(0)
+                pending.pop(opaque).resolve(answer)
+            while 3 not in pending:
+                await trio.sleep(0)
+            pending.pop(3).fail(ConnectionError("gone"))
+            while 5 not in pending:
+                await trio.sleep(0)
+            pending.pop(5).resolve("five")
+        assert seen == ["one", "two", "five"]
+
+    trio.run(main)
