@@ -182,6 +182,13 @@ class AppendRequest:
         self.error: BaseException | None = None
         self.flush = flush
 
+    def first(self) -> Appended:
+        """Where the first record landed; raises the append's error if it failed."""
+        if self.error is not None:
+            raise self.error
+        data, _flag, msg_id, _crc = self.items[0]
+        return Appended(self.offset, msg_id, 20 + len(data))
+
     def outcome(self) -> list[Appended]:
         """Where each record landed; raises the append's error if it failed."""
         if self.error is not None:

@@ -49,6 +49,8 @@ from metaq_core.partition import (
 log = logging.getLogger("metaq.store")
 
 LOCK_FILE = ".metaq-store.lock"
+#: Threshold-mode ``append_async``: a scheduling point after this many direct appends (see there).
+DIRECT_YIELD_EVERY = 16
 
 
 @attrs.frozen
@@ -279,13 +281,42 @@ class LogStore:
 
     async def append_async(self, topic: str, partition: int, body: bytes, *,
                            attribute: str | None = None) -> Appended:
-        """Trio flavour of ``append``: the event loop never blocks on the disk."""
-        submit_async = _SUBMIT_ASYNC or _trio_bridge().submit_async
+        """Trio flavour of ``append``: the event loop never blocks on the disk.
+
+        Cancelling the wait does not withdraw the append: the record may still be written."""
+        bridge = _BRIDGE or _trio_bridge()
         plog = self._logs.get((topic, partition))
         if plog is None or self._closed:
             plog = await self._partition_async(topic, partition)
-        flag, data = record.make_data(body, attribute)
-        return (await submit_async(plog, [(data, flag, self.ids.next_id(), -1)]))[0]
+        if attribute is None and type(body) is bytes:
+            flag, data = 0, body
+        else:
+            flag, data = record.make_data(body, attribute)
+        direct = plog._direct
+        if direct is not None:
+            # Threshold mode: the record written from here in one compiled call — a page-cache
+            # write, as the broker's put path does from its event loop; when a sync or a roll is
+            # due it declines and the writer thread takes the record instead. Every call is a
+            # cancellation point (a cancelled task writes nothing); the task yields to the
+            # scheduler after every DIRECT_YIELD_EVERY-th direct append of the partition, so a
+            # task appending in a loop lets the others run that often.
+            await bridge.checkpoint_if_cancelled()
+            done = direct.append(data, flag, None, -1, self.ids)
+            if done is not None:
+                if direct.records % DIRECT_YIELD_EVERY == 0:
+                    await bridge.cancel_shielded_checkpoint()
+                return done
+        # trio_bridge.submit_async inlined: one coroutine frame fewer on every suspension and
+        # resumption of the calling task.
+        request = plog.submit([(data, flag, self.ids.next_id(), -1)], bridge.TrioSink.current(),
+                              bridge.current_task())
+
+        def abort(_raise_cancel: object) -> object:
+            request.waiter = None
+            return bridge.ABORT_SUCCEEDED
+
+        await bridge.wait_task_rescheduled(abort)
+        return request.first()
 
     async def append_many_async(self, topic: str, partition: int, bodies: Iterable[bytes], *,
                                 attribute: str | None = None) -> list[Appended]:
@@ -408,16 +439,16 @@ class LogStore:
         return f"<LogStore {self.path!r} {mode} partitions={len(self._logs)}>"
 
 
-_SUBMIT_ASYNC = None   # trio_bridge.submit_async once imported (the hot call of append_async)
+_BRIDGE: types.ModuleType | None = None   # metaq_core.trio_bridge once imported
 
 
 def _trio_bridge() -> types.ModuleType:
     """``metaq_core.trio_bridge``, imported on first use so that blocking users never load trio."""
-    global _SUBMIT_ASYNC
+    global _BRIDGE
     module = sys.modules.get("metaq_core.trio_bridge")
     if module is None:
         module = importlib.import_module("metaq_core.trio_bridge")
-    _SUBMIT_ASYNC = module.submit_async
+    _BRIDGE = module
     return module
 
 

@@ -10,13 +10,15 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import trio
-from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import (Abort, Task, cancel_shielded_checkpoint, checkpoint_if_cancelled,
+                           current_task, reschedule, wait_task_rescheduled)
 
 from metaq_core.partition import Appended, AppendRequest, PartitionLog, Sink
 
 T = TypeVar("T")
 
 _SINK: trio.lowlevel.RunVar[TrioSink] = trio.lowlevel.RunVar("metaq_core_sink")
+ABORT_SUCCEEDED = Abort.SUCCEEDED
 
 
 def _wake(requests: list[AppendRequest]) -> None:
@@ -59,6 +61,7 @@ class TrioSink(Sink):
 
 async def submit_async(plog: PartitionLog, items: list[tuple[bytes, int, int, int]]) -> list[Appended]:
     """Append to ``plog`` from trio and wait for the answer (durable, in group-commit mode).
+    (``LogStore.append_async`` does the same inline.)
 
     Cancelling the wait does not withdraw the append: the records may still be written.
     """
@@ -75,3 +78,8 @@ async def submit_async(plog: PartitionLog, items: list[tuple[bytes, int, int, in
 async def run_blocking(fn: Callable[..., T], *args: object) -> T:
     """Run a blocking engine call (file reads, opening, closing) in a worker thread."""
     return await trio.to_thread.run_sync(fn, *args)
+
+
+__all__ = ["ABORT_SUCCEEDED", "TrioSink", "cancel_shielded_checkpoint", "checkpoint_if_cancelled",
+           "current_task", "run_blocking", "submit_async",
+           "wait_task_rescheduled"]

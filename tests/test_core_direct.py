@@ -142,3 +142,61 @@ def test_a_write_error_on_the_direct_path_fails_the_log(data_dir):
         stats = plog.statistics()
         assert stats.io_errors == 1 and stats.records == 2
         assert stats.size_bytes == good.offset + good.size
+
+
+def test_trio_tasks_append_in_threshold_mode_and_let_others_run(data_dir):
+    import trio
+
+    async def main(store) -> tuple[list, int]:
+        placed: list = []
+        ticks = 0
+
+        async def appender(k: int) -> None:
+            for i in range(300):
+                placed.append(await store.append_async("t", 0, b"%d-%d" % (k, i)))
+
+        async def ticker() -> None:  # must get to run while the appenders loop
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(ticker)
+            async with trio.open_nursery() as nursery:
+                for k in range(8):
+                    nursery.start_soon(appender, k)
+            outer.cancel_scope.cancel()
+        return placed, ticks
+
+    with LogStore(data_dir, unflush_threshold=100, unflush_interval=60_000) as store:
+        placed, ticks = trio.run(main, store)
+        assert ticks >= 8 * 300 // 16 // 2
+        assert store.partition("t", 0).statistics().records == 8 * 300
+    records = parse(os.path.join(data_dir, "t-0", SEGMENT))
+    placed.sort(key=lambda p: p.offset)
+    assert [(o, i) for o, i, _f, _d in records] == [(p.offset, p.msg_id) for p in placed]
+
+
+def test_a_cancelled_trio_append_writes_nothing_on_the_direct_path(data_dir):
+    """(The queued path submits before it waits: a cancel there may still see the record
+    written, as documented.)"""
+    import trio
+
+    async def main(store) -> None:
+        await store.append_async("t", 0, b"one")
+        await store.append_async("t", 0, b"two")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.append_async("t", 0, b"never")
+        assert scope.cancelled_caught
+        await store.append_async("t", 0, b"three", attribute="k=v")
+
+    with LogStore(data_dir, unflush_threshold=100) as store:
+        trio.run(main, store)
+        store.flush()
+        bodies = [m.body for m in store.read("t", 0, 0).messages]
+        if COMPILED:
+            assert bodies == [b"one", b"two", b"three"]
+        else:
+            assert bodies in ([b"one", b"two", b"three"], [b"one", b"two", b"never", b"three"])
