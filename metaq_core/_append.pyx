@@ -97,6 +97,7 @@ cdef class DirectAppender:
     cdef object plog
     cdef object lock_locked      # the write lock's bound ``locked``
     cdef object failed           # the log's handler of a write error (raises)
+    cdef object kick             # the log's wake-up of its writer thread (``upkeep`` flag)
     cdef object appended         # the Appended class
     cdef object tuple_new
     cdef long long threshold
@@ -108,11 +109,12 @@ cdef class DirectAppender:
     cdef readonly long long records
     cdef readonly long long nbytes
 
-    def __init__(self, plog, write_lock, failed, appended, long long threshold,
+    def __init__(self, plog, write_lock, failed, kick, appended, long long threshold,
                  long long max_segment, long long max_record, double interval_s):
         self.plog = plog
         self.lock_locked = write_lock.locked
         self.failed = failed
+        self.kick = kick
         self.records = 0
         self.nbytes = 0
         self.appended = appended
@@ -122,20 +124,25 @@ cdef class DirectAppender:
         self.max_record = max_record if max_record < DIRECT_MAX else DIRECT_MAX
         self.interval = interval_s
 
-    def append(self, data, int flag, msg_id, long long checksum, ids):
+    def append(self, data, int flag, msg_id, long long checksum, ids, bint defer=False):
         """Write one record now and return its Appended, or None (nothing touched) when the
         slow path must take it. ``msg_id`` None: the next id of ``ids``. A write error is handed
         to the log's handler (BatchWriteError, with the bytes that reached the file), which
-        cuts the file back, fails the log and raises."""
-        return self.append_one(data, flag, msg_id, checksum, ids)
+        cuts the file back, fails the log and raises.
 
-    cdef object append_one(self, data, int flag, msg_id, long long checksum, ids):
+        ``defer`` (an event loop, which must not wait for the disk): when an fdatasync is due,
+        or this is the first unflushed record, write anyway and wake the writer thread for the
+        sync (as ``PartitionLog.append_nowait`` does) instead of declining."""
+        return self.append_one(data, flag, msg_id, checksum, ids, defer)
+
+    cdef object append_one(self, data, int flag, msg_id, long long checksum, ids,
+                           bint defer=False):
         cdef unsigned char header[HEADER_SIZE + COPY_MAX]
         cdef Py_ssize_t n
         cdef long long size, before, unflushed, mid
         cdef uint32_t crc
         cdef size_t written = 0
-        cdef int fd, err
+        cdef int fd, err, kick
         if type(data) is not bytes:
             return None
         n = PyBytes_GET_SIZE(data)
@@ -149,9 +156,15 @@ cdef class DirectAppender:
         if not plog._accepting or self.lock_locked():
             return None
         unflushed = plog._unflushed
-        if unflushed == 0 or unflushed + 1 > self.threshold:
-            return None
-        if self.interval > 0 and monotonic() - <double>plog._last_flush >= self.interval:
+        kick = 0  # 1: wake the writer (it times the periodic sync); 2: a sync is due
+        if unflushed == 0:
+            kick = 1
+        if unflushed + 1 > self.threshold or (
+                self.interval > 0 and monotonic() - <double>plog._last_flush >= self.interval):
+            kick = 0 if plog._upkeep_due else 2
+            if not defer:
+                return None
+        elif kick and not defer:
             return None
         segments = plog._view[1]
         tail = segments[len(segments) - 1]  # (built without wraparound: no [-1])
@@ -174,6 +187,8 @@ cdef class DirectAppender:
         plog._unflushed = unflushed + 1
         self.records += 1
         self.nbytes += size
+        if kick:
+            self.kick(kick == 2)
         return self.tuple_new(self.appended, (tail.start + before, mid, size))
 
 

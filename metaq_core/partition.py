@@ -230,6 +230,7 @@ class PartitionLog:
         self._closed = False
         self._failure: StorageIOError | None = None
         self._unflushed = 0
+        self._sync_generation = 0  # counts the syncs that reset _unflushed (see _periodic_flush)
         self._upkeep_due = False  # append_nowait left a sync or a roll to the writer thread
         self._kicked = False      # the writer was woken for the queue and has not taken it yet
         self._handoff_at = 1 << 62  # queued appends at which submit hands the writer the GIL
@@ -243,7 +244,7 @@ class PartitionLog:
         self._direct = None
         if _append is not None and not self.group_commit and not read_only:
             self._direct = _append.DirectAppender(
-                self, self._write_lock, self._direct_failed, Appended, settings.unflush_threshold,
+                self, self._write_lock, self._direct_failed, self._direct_kick, Appended, settings.unflush_threshold,
                 settings.max_segment_size, settings.max_transfer_size,
                 settings.unflush_interval / 1000.0)
 
@@ -421,6 +422,15 @@ class PartitionLog:
                 return done
         return self.append_many([(data, flag, msg_id, checksum)])[0]
 
+    def _direct_kick(self, upkeep: bool) -> None:
+        """The direct path wrote the first unflushed record (the writer thread times the
+        periodic sync from it), or one past the threshold (``upkeep``: the writer syncs now)."""
+        with self._cond:
+            self._upkeep_due = self._upkeep_due or upkeep
+            if self._writer is None:
+                self._start_writer()
+            self._cond.notify()
+
     def _direct_failed(self, exc: OSError) -> None:
         """The direct path's write failed (the tail's length still excludes the record): cut
         the file back, fail the log, raise."""
@@ -538,18 +548,41 @@ class PartitionLog:
         self._periodic_flush()
 
     def _periodic_flush(self) -> None:
-        self._upkeep_due = False
+        """The writer thread's sync (threshold mode: due or periodic) and roll. The fdatasync
+        runs without the write lock, so appends go on meanwhile; it makes durable what was
+        written when it started. Appends that crossed the threshold during it ask for the next
+        one (``_upkeep_due`` stays set until the count is back under the threshold)."""
+        try:
+            self._sync_and_roll()
+        finally:
+            self._upkeep_due = (self._failure is None and not self.group_commit
+                                and self._unflushed > self.settings.unflush_threshold)
+
+    def _sync_and_roll(self) -> None:
         with self._write_lock:
             if self._failure is not None:
                 return
             tail = self._view[1][-1]
-            if self._unflushed:
-                try:
-                    self._sync(tail)
-                except OSError as exc:
-                    self._fail_io(tail, tail.written, exc, [])
-                    return
-            if not self._closing and tail.written >= self.settings.max_segment_size:
+            count, upto, generation = self._unflushed, tail.written, self._sync_generation
+        if count:
+            try:
+                _segment.datasync(tail.fileno())
+            except OSError as exc:
+                with self._write_lock:
+                    if self._failure is None:
+                        self._fail_io(tail, tail.written, exc, [])
+                return
+        with self._write_lock:
+            if count:
+                self._counters["syncs"] += 1
+                tail.durable = max(tail.durable, upto)
+                if self._sync_generation == generation:  # no sync since: these are still counted
+                    self._unflushed = max(0, self._unflushed - count)
+                self._sync_generation += 1
+                self._last_flush = time.monotonic()
+            tail = self._view[1][-1]
+            if (self._failure is None and not self._closing
+                    and tail.written >= self.settings.max_segment_size):
                 self._roll_or_fail(tail)
 
     def _sync(self, tail: Segment) -> None:
@@ -561,6 +594,7 @@ class PartitionLog:
         self._counters["syncs"] += 1
         tail.durable = tail.written
         self._unflushed = 0
+        self._sync_generation += 1
         self._last_flush = time.monotonic()
 
     def _count(self, appends: int, records: int, size: int, batch: int) -> None:
@@ -656,6 +690,7 @@ class PartitionLog:
             _segment.datasync(tail.fileno())
             tail.durable = good_length
             self._unflushed = 0
+            self._sync_generation += 1
         except OSError as cut:
             log.critical("%s: could not cut %s back to %d bytes and sync it: %s",
                          self.name, tail.path, good_length, cut)

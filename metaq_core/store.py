@@ -295,13 +295,14 @@ class LogStore:
         direct = plog._direct
         if direct is not None:
             # Threshold mode: the record written from here in one compiled call — a page-cache
-            # write, as the broker's put path does from its event loop; when a sync or a roll is
-            # due it declines and the writer thread takes the record instead. Every call is a
+            # write, as the broker's put path does from its event loop; a sync that is due is
+            # left to the writer thread (it runs without the write lock, so these writes go
+            # on meanwhile); a roll or an error goes the queued way. Every call is a
             # cancellation point (a cancelled task writes nothing); the task yields to the
             # scheduler after every DIRECT_YIELD_EVERY-th direct append of the partition, so a
             # task appending in a loop lets the others run that often.
             await bridge.checkpoint_if_cancelled()
-            done = direct.append(data, flag, None, -1, self.ids)
+            done = direct.append(data, flag, None, -1, self.ids, True)
             if done is not None:
                 if direct.records % DIRECT_YIELD_EVERY == 0:
                     await bridge.cancel_shielded_checkpoint()
