@@ -2,7 +2,8 @@
 with its checksum), ``put_answer`` parses the body of a put's ``result 200`` answer and
 ``put_result`` turns it into the ``SendResult`` at once. ``Waiter`` is the waiting side of one
 request: what a task awaits until the connection hands it the answer (reused for the task's
-next request).
+next request); ``AnswerReader`` parses the answers a connection reads and hands each to the
+request waiting for it (``PutAnswers``: a put's ``SendResult`` made right there).
 
 Compiled (``metaq_core._client_codec``) unless ``METAQ_PURE_PYTHON=1`` or the extension is not
 built; the pure functions here are its twin, byte for byte what ``metaq_core.frames.encode``
@@ -17,7 +18,9 @@ import struct
 import zlib
 from typing import Any
 
+from metaq_core.frames import RemoteProtocolError, Result, Value
 from metaq_core.naming import validate_topic
+from metaq_core.wire import FrameDecoder
 
 _INT32 = struct.Struct(">i")
 
@@ -64,6 +67,83 @@ def put_result_py(body: bytes | None, broker_id: int, partitions: dict[int, Any]
     return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
 
 
+class PutAnswersPy:
+    """How the ``result 200`` of one producer's put to one broker becomes its ``SendResult`` (the
+    arguments of ``put_result``). A ``Waiter`` whose ``put`` is one gets the ``SendResult`` from
+    ``AnswerReader`` instead of the ``Result``."""
+
+    __slots__ = ("broker_id", "partitions", "result_type", "partition_type", "max_cached")
+
+    def __init__(self, broker_id: int, partitions: dict[int, Any], result_type: type, partition_type: type,
+                 max_cached: int) -> None:
+        self.broker_id = broker_id
+        self.partitions = partitions
+        self.result_type = result_type
+        self.partition_type = partition_type
+        self.max_cached = max_cached
+
+    def result(self, body: bytes | None) -> Any:
+        """The ``SendResult`` of the body of a ``result 200``, or None when it is not one."""
+        if body is None:
+            return None
+        try:
+            return put_result_py(body, self.broker_id, self.partitions, self.result_type, self.partition_type,
+                                 self.max_cached)
+        except ValueError:
+            return None
+
+
+class AnswerReaderPy:
+    """Answers from a broker, matched to the requests waiting for them (protocol §6.3).
+
+    ``feed(data)`` takes what the connection read, parses every complete ``result`` and
+    ``value`` frame in it (and in what an earlier call left incomplete), pops the frame's opaque
+    from ``pending`` and hands the answer to that entry's ``resolve``: a ``Result`` or ``Value``
+    (``result_type(status, body or None, opaque)``, ``value_type(data, opaque)``), or, for a
+    ``Waiter`` whose ``put`` is set, the ``SendResult`` of a ``result 200``. Returns how many
+    answers nobody waited for (dropped). A frame that is not an answer raises
+    RemoteProtocolError. Sans-I/O."""
+
+    def __init__(self, pending: dict[int, Any], result_type: type, value_type: type, *,
+                 max_header: int | None = None) -> None:
+        self._pending = pending
+        self._result_type = result_type
+        self._value_type = value_type
+        self._decoder = FrameDecoder() if max_header is None else FrameDecoder(max_header=max_header)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame kept for the next ``feed``."""
+        return self._decoder.buffered
+
+    def feed(self, data: bytes) -> int:
+        decoder = self._decoder
+        pop = self._pending.pop
+        decoder.receive_data(data)
+        dropped = 0
+        while True:
+            event = decoder.next_event()
+            if event is None:
+                return dropped
+            kind = type(event)
+            if kind is not Result and kind is not Value:
+                raise RemoteProtocolError(f"not an answer: {type(event).__name__}")
+            entry = pop(event.opaque, None)
+            if entry is None:
+                dropped += 1
+                continue
+            if kind is Result:
+                answer = None
+                if event.status == 200 and type(entry) is WaiterPy and entry.put is not None:
+                    answer = entry.put.result(event.body)
+                if answer is None:
+                    answer = event if self._result_type is Result else self._result_type(
+                        event.status, event.body, event.opaque)
+            else:
+                answer = event if self._value_type is Value else self._value_type(event.data, event.opaque)
+            entry.resolve(answer)
+
+
 class WaiterPy:
     """A task waiting for the answer to its request, and the awaitable it waits on.
 
@@ -74,7 +154,7 @@ class WaiterPy:
     error. ``abort`` (the wait was cancelled) forgets the request and returns ``aborted`` (trio:
     ``Abort.SUCCEEDED``). A task reuses its waiter for its next request."""
 
-    __slots__ = ("task", "wake", "aborted", "trap", "answer", "error", "pending", "opaque")
+    __slots__ = ("task", "wake", "aborted", "trap", "answer", "error", "pending", "opaque", "put")
 
     def __init__(self, task: Any, wake: Any, aborted: Any) -> None:
         self.task = task
@@ -85,6 +165,7 @@ class WaiterPy:
         self.error: BaseException | None = None
         self.pending: dict[int, Any] | None = None
         self.opaque: int | None = None
+        self.put: PutAnswersPy | None = None
 
     def resolve(self, answer: Any) -> None:
         """The answer came: wake the task (``await`` returns ``answer``)."""
@@ -113,13 +194,16 @@ class WaiterPy:
         return (yield self.trap).unwrap()
 
 
+_PURE = (put_frame_py, put_answer_py, put_result_py, WaiterPy, AnswerReaderPy, PutAnswersPy)
+
 if os.environ.get("METAQ_PURE_PYTHON") == "1":
-    put_frame, put_answer, put_result, Waiter = put_frame_py, put_answer_py, put_result_py, WaiterPy
+    put_frame, put_answer, put_result, Waiter, AnswerReader, PutAnswers = _PURE
     IMPLEMENTATION = "python"
 else:
     try:
-        from metaq_core._client_codec import Waiter, put_answer, put_frame, put_result  # noqa: F401
+        from metaq_core._client_codec import (  # noqa: F401
+            AnswerReader, PutAnswers, Waiter, put_answer, put_frame, put_result)
         IMPLEMENTATION = "cython"
     except ImportError:  # the extension is not built (a source checkout without build_ext)
-        put_frame, put_answer, put_result, Waiter = put_frame_py, put_answer_py, put_result_py, WaiterPy
+        put_frame, put_answer, put_result, Waiter, AnswerReader, PutAnswers = _PURE
         IMPLEMENTATION = "python"

@@ -2,8 +2,8 @@
 pipelined on it and matched to its answer by opaque (protocol §2.5, §6.3).
 
 ``Connection`` writes encoded frames (``metaq_core.wire``, or the producer's ``codec``) straight to
-the socket, coalescing the frames queued in one scheduler round into one write, and reads answers
-with its ``FrameDecoder``; when it closes, every outstanding request fails at once with
+the socket, coalescing the frames queued in one scheduler round into one write, and hands what it
+reads to its ``codec.AnswerReader``, which wakes the waiting tasks; when it closes, every outstanding request fails at once with
 ConnectionClosedError. An idle connection is kept alive with ``version`` heartbeats and closed after
 three failed ones (Java's gecko rules, protocol §5.7). ``ConnectionPool`` keeps one connection per
 URL and re-establishes it with back-off; while it is down, requests fail fast with
@@ -22,9 +22,9 @@ from typing import Any
 import attrs
 import trio
 
-from metaq_client.codec import Waiter
+from metaq_client.codec import AnswerReader, PutAnswers, Waiter
 from metaq_client.errors import BrokerUnavailableError, ConnectionClosedError
-from metaq_core.wire import Event, FrameDecoder, RemoteProtocolError, Result, Value, Version, encode
+from metaq_core.wire import Event, RemoteProtocolError, Result, Value, Version, encode
 
 log = logging.getLogger("metaq.client")
 
@@ -137,8 +137,8 @@ class Connection:
         self._stream = stream
         self._settings = settings
         self._counters = counters
-        self._decoder = FrameDecoder()
         self._pending: dict[int, Any] = {}
+        self._reader_codec = AnswerReader(self._pending, Result, Value)
         self._out: list[bytes] = []
         self._writer_task: trio.lowlevel.Task | None = None  # parked with nothing to send
         socket = getattr(stream, "socket", None)  # a trio.SocketStream: its file descriptor
@@ -154,12 +154,12 @@ class Connection:
         opaque = event.opaque = next_opaque()
         return await self.request_frame(encode(event), opaque)
 
-    async def request_frame(self, frame: bytes, opaque: int) -> Result | Value:
+    async def request_frame(self, frame: bytes, opaque: int, put: PutAnswers | None = None) -> Any:
         """Send the encoded ``frame``, whose opaque is ``opaque`` (from ``next_opaque``), and wait
-        for its answer."""
-        return await self.enqueue(frame, opaque)
+        for its answer (with ``put``, a put's: a ``SendResult`` when it is a ``result 200``)."""
+        return await self.enqueue(frame, opaque, put)
 
-    def enqueue(self, frame: bytes, opaque: int) -> Waiter:
+    def enqueue(self, frame: bytes, opaque: int, put: PutAnswers | None = None) -> Waiter:
         """Queue ``frame`` for the current task, which must then ``await`` the returned waiter
         right away for the answer (``request_frame`` in one call; the producer awaits it itself to
         save a coroutine per send)."""
@@ -168,6 +168,7 @@ class Connection:
         waiter = task_waiter()
         pending = waiter.pending = self._pending
         waiter.opaque = opaque
+        waiter.put = put
         pending[opaque] = waiter
         self._counters.requests += 1
         self._out.append(frame)
@@ -221,8 +222,7 @@ class Connection:
                 await trio.aclose_forcefully(self._stream)
 
     async def _reader(self) -> None:
-        decoder = self._decoder
-        pop = self._pending.pop
+        reader = self._reader_codec
         counters = self._counters
         fd = self._fd
         buffer = bytearray(RECEIVE_SIZE)
@@ -242,21 +242,13 @@ class Connection:
                 self.close("closed by the broker")
                 return
             self._last_io = trio.current_time()
-            decoder.receive_data(data)
-            while True:
-                try:
-                    event = decoder.next_event()
-                except RemoteProtocolError as exc:
-                    self.close(f"protocol error from the broker: {exc}")
-                    return
-                if event is None:
-                    break
-                kind = type(event)
-                pending = pop(event.opaque, None) if kind is Result or kind is Value else None
-                if pending is None:
-                    counters.dropped_answers += 1  # nobody waits for it any more (§6.3)
-                    continue
-                pending.resolve(event)
+            try:
+                dropped = reader.feed(data)  # wakes the waiting tasks
+            except RemoteProtocolError as exc:
+                self.close(f"protocol error from the broker: {exc}")
+                return
+            if dropped:
+                counters.dropped_answers += dropped  # nobody waits for them any more (§6.3)
 
     def _wake_writer(self) -> None:
         task = self._writer_task

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from metaq_client.answers import text_of
-from metaq_client.codec import put_frame, put_result, topic_token
+from metaq_client.codec import PutAnswers, put_frame, put_result, topic_token
 from metaq_client.connection import Connection, ConnectionPool, next_opaque
 from metaq_client.errors import BrokerError, NoPartitionError
 from metaq_client.lifecycle import NurseryOwner
@@ -51,6 +51,7 @@ class Producer(NurseryOwner):
         self.default_topic = default_topic
         self._tokens: dict[str, bytes] = {}  # topic → its checked header token
         self._partitions: dict[int, dict[int, Partition]] = {}  # broker id → number → one shared Partition
+        self._put_answers: dict[int, PutAnswers] = {}  # broker id → how its put answers become SendResults
         self._conn: Connection | None = None  # the fixed route's connection, while it is open
         #: direct-connect without a topic map: every put goes to one URL with partition -1 and the
         #: broker picks (no selector, no default topic): (url, broker id), else None
@@ -82,7 +83,10 @@ class Producer(NurseryOwner):
             url = fixed[0]
             conn = self._conn = self._pool.live_connection(url) or await self._pool.connection(url)
         opaque = next_opaque()
-        return self.result_of(await conn.enqueue(put_frame(token, -1, body, attribute, opaque), opaque), fixed[1])
+        broker_id = fixed[1]
+        answer = await conn.enqueue(put_frame(token, -1, body, attribute, opaque), opaque,
+                                    self._put_answers.get(broker_id) or self._answers_of(broker_id))
+        return answer if type(answer) is SendResult else self.result_of(answer, broker_id)
 
     async def send_message(self, message: Message, *,
                            partition_selector: PartitionSelector | None = None) -> SendResult:
@@ -95,7 +99,10 @@ class Producer(NurseryOwner):
         frame, opaque = self.put_frame(topic, message.body, message.attribute, partition.partition)
         url = self._source.broker_url(partition.broker_id)
         conn = self._pool.live_connection(url) or await self._pool.connection(url)
-        result = self.result_of(await conn.request_frame(frame, opaque), partition.broker_id)
+        broker_id = partition.broker_id
+        answers = self._put_answers.get(broker_id) or self._answers_of(broker_id)
+        answer = await conn.request_frame(frame, opaque, answers)
+        result = answer if type(answer) is SendResult else self.result_of(answer, broker_id)
         if result.success:
             message.id = result.message_id
         return result
@@ -114,17 +121,26 @@ class Producer(NurseryOwner):
         opaque = next_opaque()
         return put_frame(token, partition, body, attribute, opaque), opaque
 
+    def _answers_of(self, broker_id: int) -> PutAnswers:
+        answers = self._put_answers[broker_id] = PutAnswers(
+            broker_id, self._partitions_of(broker_id), SendResult, Partition, _MAX_CACHED_PARTITIONS)
+        return answers
+
+    def _partitions_of(self, broker_id: int) -> dict[int, Partition]:
+        partitions = self._partitions.get(broker_id)
+        if partitions is None:
+            partitions = self._partitions[broker_id] = {}
+        return partitions
+
     def result_of(self, answer: Result | Value, broker_id: int) -> SendResult:
         """The ``SendResult`` of a put's answer (thread-safe)."""
         if type(answer) is not Result:
             raise BrokerError(0, "a put was answered with a value frame")
         status = answer.status
         if status == 200:
-            partitions = self._partitions.get(broker_id)
-            if partitions is None:
-                partitions = self._partitions[broker_id] = {}
             try:
-                return put_result(answer.body, broker_id, partitions, SendResult, Partition, _MAX_CACHED_PARTITIONS)
+                return put_result(answer.body, broker_id, self._partitions_of(broker_id), SendResult, Partition,
+                                  _MAX_CACHED_PARTITIONS)
             except ValueError:
                 raise BrokerError(200, f"a put was answered {text_of(answer)!r}") from None
         if status == 403:

@@ -6,15 +6,19 @@ numbers without splitting it into Python objects.
 Byte for byte what ``metaq_core.frames.encode(Put(...))`` produces. The pure-Python twin is
 ``metaq_client.codec`` (the one in use with ``METAQ_PURE_PYTHON=1``); import from there. Sans-I/O.
 """
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t, uint32_t
 from libc.stdio cimport snprintf
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 from metaq_core._crc cimport crc32_update
 from metaq_core._record cimport store_be32
+
+from metaq_core.frames import MAX_HEADER, RemoteProtocolError
 
 
 def put_frame(bytes topic not None, int partition, bytes body not None, bytes attribute, int opaque):
@@ -90,10 +94,9 @@ cdef int _number(const char* s, Py_ssize_t n, Py_ssize_t* at, int64_t* out) noex
     return 0
 
 
-cdef bint _three_numbers(bytes body, int64_t* first, int64_t* second, int64_t* third) noexcept:
-    """``body`` is ``<first> <second> <third>``: decimal int64s separated by single spaces."""
-    cdef const char* s = PyBytes_AS_STRING(body)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+cdef bint _three_numbers(const char* s, Py_ssize_t n, int64_t* first, int64_t* second,
+                         int64_t* third) noexcept:
+    """``s[:n]`` is ``<first> <second> <third>``: decimal int64s separated by single spaces."""
     cdef Py_ssize_t at = 0
     if _number(s, n, &at, first) != 0 or at >= n:
         return False
@@ -110,25 +113,67 @@ def put_answer(bytes body):
     cdef int64_t msg_id, partition, offset
     if body is None:
         raise ValueError("a put was answered 200 without a body")
-    if _three_numbers(body, &msg_id, &partition, &offset):
+    if _three_numbers(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), &msg_id, &partition, &offset):
         return (msg_id, partition, offset)
     raise ValueError(f"not the answer to a put: {body!r}")
+
+
+cdef object _put_result(const char* s, Py_ssize_t n, broker_id, dict partitions, result_type, partition_type,
+                        Py_ssize_t max_cached):
+    """``put_result`` of the body ``s[:n]``; None when it is not three numbers."""
+    cdef int64_t msg_id, number, offset
+    if not _three_numbers(s, n, &msg_id, &number, &offset):
+        return None
+    return _send_result(msg_id, number, offset, broker_id, partitions, result_type, partition_type, max_cached)
+
+
+cdef object _send_result(int64_t msg_id, int64_t number, int64_t offset, broker_id, dict partitions, result_type,
+                         partition_type, Py_ssize_t max_cached):
+    key = number
+    partition = partitions.get(key)
+    if partition is None:
+        partition = partition_type(broker_id, key)
+        if len(partitions) < max_cached:
+            partitions[key] = partition
+    return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
 
 
 def put_result(bytes body, broker_id, dict partitions, result_type, partition_type, Py_ssize_t max_cached):
     """``put_answer`` straight into ``result_type(True, id, partition, offset, None)`` (a tuple
     subclass), the partition ``partition_type(broker_id, number)`` taken from ``partitions``
     (number → partition of that broker; filled while it has fewer than ``max_cached``)."""
-    cdef int64_t msg_id, number, offset
-    if body is not None and _three_numbers(body, &msg_id, &number, &offset):
-        key = number
-        partition = partitions.get(key)
-        if partition is None:
-            partition = partition_type(broker_id, key)
-            if len(partitions) < max_cached:
-                partitions[key] = partition
-        return tuple.__new__(result_type, (True, msg_id, partition, offset, None))
+    if body is not None:
+        result = _put_result(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), broker_id, partitions, result_type,
+                             partition_type, max_cached)
+        if result is not None:
+            return result
     raise ValueError(f"not the answer to a put: {body!r}")
+
+
+cdef class PutAnswers:
+    """How the ``result 200`` of one producer's put to one broker becomes its ``SendResult`` (the
+    arguments of ``put_result``). A ``Waiter`` whose ``put`` is one gets the ``SendResult`` from
+    ``AnswerReader`` instead of the ``Result``."""
+
+    cdef public object broker_id
+    cdef public dict partitions
+    cdef public object result_type
+    cdef public object partition_type
+    cdef public Py_ssize_t max_cached
+
+    def __init__(self, broker_id, dict partitions, result_type, partition_type, Py_ssize_t max_cached):
+        self.broker_id = broker_id
+        self.partitions = partitions
+        self.result_type = result_type
+        self.partition_type = partition_type
+        self.max_cached = max_cached
+
+    def result(self, bytes body):
+        """The ``SendResult`` of the body of a ``result 200``, or None when it is not one."""
+        if body is None:
+            return None
+        return _put_result(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), self.broker_id, self.partitions,
+                           self.result_type, self.partition_type, self.max_cached)
 
 
 # ----------------------------------------------------------------- the waiting side of a request
@@ -170,7 +215,10 @@ cdef class Waiter:
     cdef public object error
     cdef public dict pending
     cdef public object opaque
+    cdef public PutAnswers put
     cdef bint parked
+    cdef bint put_ready          # AnswerReader parsed a put's result 200 into the three numbers
+    cdef int64_t put_id, put_number, put_offset
 
     def __init__(self, task, wake, aborted):
         self.task = task
@@ -186,19 +234,19 @@ cdef class Waiter:
     def resolve(self, answer):
         """The answer came: wake the task (``await`` returns ``answer``)."""
         self.answer = answer
+        self.put_ready = False
         self.wake(self.task, self)
 
     def fail(self, error):
         """The request failed: wake the task (``await`` raises ``error``)."""
         self.answer = None
+        self.put_ready = False
         self.error = error
         self.wake(self.task, self)
 
     def unwrap(self):
         """The outcome protocol: the answer, or raise the error."""
-        if self.answer is None:
-            raise self.error
-        return self.answer
+        return self._outcome(self)
 
     def __await__(self):
         self.parked = False
@@ -219,7 +267,13 @@ cdef class Waiter:
         raise StopIteration(self._outcome(value))
 
     cdef object _outcome(self, object value):
+        cdef PutAnswers put
         if value is self:
+            if self.put_ready:  # the SendResult is made here, in the task's own step
+                self.put_ready = False
+                put = self.put
+                return _send_result(self.put_id, self.put_number, self.put_offset, put.broker_id, put.partitions,
+                                    put.result_type, put.partition_type, put.max_cached)
             answer = self.answer
             if answer is None:
                 raise self.error
@@ -243,6 +297,171 @@ cdef int _waiter_am_send(PyObject* obj, PyObject* value, PyObject** result) exce
     Py_INCREF(out)
     result[0] = <PyObject*>out
     return 0
+
+
+cdef int _int32(const char* s, Py_ssize_t n, int* out) noexcept:
+    """A header token ``s[:n]``: [-]digits within int32 -> 0, else -1."""
+    cdef Py_ssize_t i = 0
+    cdef bint negative = False
+    cdef int64_t value = 0
+    cdef unsigned char d
+    if n > 0 and s[0] == b'-':
+        negative = True
+        i = 1
+    if i == n or n > 11:
+        return -1
+    while i < n:
+        d = <unsigned char>s[i] - 48
+        if d > 9:
+            return -1
+        value = value * 10 + d
+        i += 1
+    if negative:
+        value = -value
+    if value < -2147483648 or value > 2147483647:
+        return -1
+    out[0] = <int>value
+    return 0
+
+
+cdef bint _token_is(const char* s, Py_ssize_t n, const char* word, Py_ssize_t k) noexcept:
+    return n == k and memcmp(s, word, k) == 0
+
+
+cdef enum:
+    MAX_ANSWER_TOKENS = 5
+
+
+cdef class AnswerReader:
+    """Answers from a broker, matched to the requests waiting for them (protocol §6.3).
+
+    ``feed(data)`` takes what the connection read, parses every complete ``result`` and
+    ``value`` frame in it (and in what an earlier call left incomplete), pops the frame's opaque
+    from ``pending`` and hands the answer to that entry's ``resolve``: a ``Result`` or ``Value``
+    (``result_type(status, body or None, opaque)``, ``value_type(data, opaque)``), or, for a
+    ``Waiter`` whose ``put`` is set, the ``SendResult`` of a ``result 200``. Returns how many
+    answers nobody waited for (dropped). A frame that is not an answer raises
+    RemoteProtocolError. Sans-I/O."""
+
+    cdef dict _pending
+    cdef object _result_type
+    cdef object _value_type
+    cdef bytearray _rest
+    cdef public Py_ssize_t max_header
+
+    def __init__(self, dict pending not None, result_type, value_type, *, Py_ssize_t max_header=MAX_HEADER):
+        self._pending = pending
+        self._result_type = result_type
+        self._value_type = value_type
+        self._rest = bytearray()
+        self.max_header = max_header
+
+    @property
+    def buffered(self):
+        """Bytes of an incomplete frame kept for the next ``feed``."""
+        return PyByteArray_GET_SIZE(self._rest)
+
+    def feed(self, data):
+        cdef Py_buffer view
+        cdef Py_ssize_t used
+        cdef Py_ssize_t dropped = 0
+        if PyByteArray_GET_SIZE(self._rest) == 0:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                used = self._parse(<const char*>view.buf, view.len, &dropped)
+                if used < view.len:
+                    self._rest += PyBytes_FromStringAndSize(<const char*>view.buf + used, view.len - used)
+            finally:
+                PyBuffer_Release(&view)
+        else:
+            self._rest += data
+            used = self._parse(PyByteArray_AS_STRING(self._rest), PyByteArray_GET_SIZE(self._rest), &dropped)
+            del self._rest[:used]
+        return dropped
+
+    cdef Py_ssize_t _parse(self, const char* base, Py_ssize_t size, Py_ssize_t* dropped) except -1:
+        """Dispatch the complete frames of ``base[:size]``; how many bytes they took."""
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t i, line_end, count, body, length
+        cdef const char* hit
+        cdef Py_ssize_t starts[MAX_ANSWER_TOKENS]
+        cdef Py_ssize_t lens[MAX_ANSWER_TOKENS]
+        cdef int status, opaque, number
+        cdef bint is_result
+        cdef dict pending = self._pending
+        cdef Waiter waiter
+        while pos < size:
+            i = pos
+            line_end = -1
+            while i < size:
+                hit = <const char*>memchr(base + i, b'\r', size - i)
+                if hit == NULL or hit - base + 1 >= size:
+                    break
+                i = hit - base
+                if base[i + 1] == b'\n':
+                    line_end = i
+                    break
+                i += 1
+            if line_end < 0:
+                if size - pos > self.max_header:
+                    raise RemoteProtocolError(f"header line longer than {self.max_header} bytes")
+                break
+            if line_end - pos > self.max_header:
+                raise RemoteProtocolError(f"header line longer than {self.max_header} bytes")
+            count = 0
+            starts[0] = pos
+            i = pos
+            while i < line_end and count < MAX_ANSWER_TOKENS - 1:
+                if base[i] == b' ':
+                    lens[count] = i - starts[count]
+                    count += 1
+                    starts[count] = i + 1
+                i += 1
+            lens[count] = line_end - starts[count] if count < MAX_ANSWER_TOKENS - 1 else i - starts[count]
+            count += 1
+            if _token_is(base + starts[0], lens[0], b"result", 6) and count >= 4:
+                is_result = True
+                if (_int32(base + starts[1], lens[1], &status) or _int32(base + starts[2], lens[2], &number)
+                        or _int32(base + starts[3], lens[3], &opaque)):
+                    raise RemoteProtocolError(f"malformed answer header {self._line(base, pos, line_end)!r}")
+            elif _token_is(base + starts[0], lens[0], b"value", 5) and count >= 3:
+                is_result = False
+                if _int32(base + starts[1], lens[1], &number) or _int32(base + starts[2], lens[2], &opaque):
+                    raise RemoteProtocolError(f"malformed answer header {self._line(base, pos, line_end)!r}")
+            else:
+                raise RemoteProtocolError(f"not an answer: {self._line(base, pos, line_end)!r}")
+            if number < 0:
+                raise RemoteProtocolError(f"negative body length {number}")
+            length = number
+            body = line_end + 2
+            if size - body < length:
+                break  # the body has not all come yet: parse the header again next time
+            pos = body + length
+            entry = pending.pop(opaque, None)
+            if entry is None:
+                dropped[0] += 1
+                continue
+            if type(entry) is Waiter:
+                waiter = <Waiter>entry
+                if (is_result and status == 200 and waiter.put is not None and
+                        _three_numbers(base + body, length, &waiter.put_id, &waiter.put_number, &waiter.put_offset)):
+                    waiter.put_ready = True  # no object made here: the task makes its SendResult
+                else:
+                    waiter.put_ready = False
+                    waiter.answer = self._answer(is_result, status, base + body, length, opaque)
+                waiter.wake(waiter.task, waiter)
+            else:
+                entry.resolve(self._answer(is_result, status, base + body, length, opaque))
+        return pos
+
+    cdef object _answer(self, bint is_result, int status, const char* body, Py_ssize_t length, int opaque):
+        data = PyBytes_FromStringAndSize(body, length)
+        if is_result:
+            return self._result_type(status, data if length else None, opaque)
+        return self._value_type(data, opaque)
+
+    cdef str _line(self, const char* base, Py_ssize_t start, Py_ssize_t end):
+        return PyBytes_FromStringAndSize(base + start, min(end - start, 200)).decode("utf-8", "replace")
 
 
 if metaq_set_am_send(<PyTypeObject*>Waiter, <void*>_waiter_am_send) != 0:

@@ -355,3 +355,54 @@ def test_a_task_reuses_its_waiter_for_answers_errors_and_cancellation(implementa
         assert seen == ["one", "two", "five"]
 
     trio.run(main)
+
+
+class _Entry:
+    def __init__(self, log: list):
+        self.log = log
+
+    def resolve(self, answer):
+        self.log.append(answer)
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "pure"])
+def test_answer_readers_match_answers_to_requests_in_any_chunking(implementation):
+    import random
+
+    from metaq_client import codec
+    from metaq_core.wire import RemoteProtocolError, Result, Value
+
+    if implementation == "pure":
+        reader_type, answers_type, waiter_type = codec.AnswerReaderPy, codec.PutAnswersPy, codec.WaiterPy
+    else:
+        compiled = pytest.importorskip("metaq_core._client_codec")
+        reader_type, answers_type, waiter_type = compiled.AnswerReader, compiled.PutAnswers, compiled.Waiter
+
+    def put_waiter(log, put):
+        waiter = waiter_type("task", lambda task, outcome: log.append(outcome.unwrap()), None)
+        waiter.put = put
+        return waiter
+
+    stream = (b"result 200 9 1\r\n5 0 12345" b"value 3 2\r\nabc" b"result 403 0 3\r\n"
+              b"result 200 5 4\r\nnot a" b"result 500 4 -7\r\noops" b"result 200 7 9\r\n1 2 3 4"
+              b"value 0 5\r\n" b"result 200 5 6\r\n8 1 0")
+    for seed in range(30):
+        log: list = []
+        put = answers_type(3, {}, SendResult, Partition, 16)
+        pending = {1: put_waiter(log, put), 2: _Entry(log), 3: put_waiter(log, put), 4: put_waiter(log, put),
+                   -7: _Entry(log), 5: _Entry(log), 6: put_waiter(log, put)}
+        reader = reader_type(pending, Result, Value)
+        rng = random.Random(seed)
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randrange(0, 12)))
+        dropped = 0
+        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+            dropped += reader.feed(memoryview(stream)[start:end])
+        assert dropped == 1 and not pending and reader.buffered == 0  # opaque 9: nobody waits for it
+        assert log == [SendResult(True, 5, Partition(3, 0), 12345), Value(b"abc", 2), Result(403, None, 3),
+                       Result(200, b"not a", 4), Result(500, b"oops", -7), Value(b"", 5),
+                       SendResult(True, 8, Partition(3, 1), 0)]
+    for bad in (b"put t 0 1 0 1\r\nx", b"result 200 x 1\r\n", b"result 200 -1 1\r\n", b"value 1\r\n"):
+        with pytest.raises(RemoteProtocolError):
+            reader_type({}, Result, Value).feed(bad)
+    with pytest.raises(RemoteProtocolError):
+        reader_type({}, Result, Value, max_header=16).feed(b"result 200 1 " + b"1" * 20)
