@@ -18,9 +18,6 @@ from metaq_core.frames import (DEFAULT_OPAQUE, MAX_HEADER, Get, Put, RemoteProto
 from metaq_core.wire_py import parse_header, split_tokens
 
 cdef enum:
-    MAX_TOKENS = 10
-
-cdef enum:
     KIND_PUT = 1
     KIND_SYNC = 2
     KIND_RESULT = 3
@@ -61,21 +58,27 @@ cdef int parse_long(const char* p, Py_ssize_t n, int64_t lo, int64_t hi, int64_t
     return 0
 
 
+cdef Py_ssize_t find_line_end(const char* base, Py_ssize_t pos, Py_ssize_t size) noexcept:
+    """Index of the CR of the first CR LF at or after ``pos``, or -1."""
+    cdef Py_ssize_t i = pos
+    cdef const char* hit
+    while i < size:
+        hit = <const char*>memchr(base + i, b'\r', size - i)
+        if hit == NULL:
+            return -1
+        i = hit - base
+        if i + 1 >= size:
+            return -1
+        if base[i + 1] == b'\n':
+            return i
+        i += 1
+    return -1
+
+
 cdef class FrameDecoder:
     """Incremental decoder of a byte stream into protocol events (both directions)."""
 
-    cdef bytearray _buf
-    cdef Py_ssize_t _pos
-    cdef public Py_ssize_t max_header
-    cdef public Py_ssize_t max_body
-    cdef int _kind                 # kind of the pending body, 0 if none
-    cdef Py_ssize_t _length        # its announced length
-    cdef tuple _fields
-    cdef bint _oversize
-    cdef bint _raw                 # the current call is next_raw(): a put comes as a tuple
-    cdef Py_ssize_t _skip
-    cdef Py_ssize_t _starts[MAX_TOKENS]
-    cdef Py_ssize_t _lens[MAX_TOKENS]
+    # (attributes: see _wire.pxd)
 
     def __init__(self, *, max_header=MAX_HEADER, max_body=64 * 1024 * 1024):
         self._buf = bytearray()
@@ -145,38 +148,11 @@ cdef class FrameDecoder:
         self._raw = True
         return self._next()
 
-    cdef object _next(self):
-        cdef char* base
-        cdef Py_ssize_t size, pos, line_end, i, count
-        cdef const char* hit
-        if self._kind:
-            return self._body()
-        base = PyByteArray_AS_STRING(self._buf)
-        size = PyByteArray_GET_SIZE(self._buf)
-        pos = self._pos
-        # find CR LF
-        i = pos
-        line_end = -1
-        while i < size:
-            hit = <const char*>memchr(base + i, b'\r', size - i)
-            if hit == NULL:
-                break
-            i = hit - base
-            if i + 1 >= size:
-                break
-            if base[i + 1] == b'\n':
-                line_end = i
-                break
-            i += 1
-        if line_end < 0:
-            if size - pos > self.max_header:
-                raise RemoteProtocolError(f"header line longer than {self.max_header} bytes")
-            return None
-        if line_end - pos > self.max_header:
-            raise RemoteProtocolError(f"header line longer than {self.max_header} bytes")
-        # split on single spaces (Java's split(" "): trailing empties dropped)
-        count = 0
-        i = pos
+    cdef Py_ssize_t _split(self, const char* base, Py_ssize_t pos, Py_ssize_t line_end) noexcept:
+        """Split the line [pos, line_end) on single spaces into _starts/_lens (Java's
+        split(" "): trailing empties dropped); the token count, MAX_TOKENS + 1 if more."""
+        cdef Py_ssize_t count = 0
+        cdef Py_ssize_t i = pos
         self._starts[0] = pos
         while i < line_end and count < MAX_TOKENS:
             if base[i] == b' ':
@@ -192,6 +168,92 @@ cdef class FrameDecoder:
                 count -= 1
         else:
             count = MAX_TOKENS + 1  # more tokens than the fast path handles
+        return count
+
+    cdef int _int32(self, const char* base, int i, int* out) noexcept:
+        cdef int64_t v
+        if parse_long(base + self._starts[i], self._lens[i], INT32_MIN, INT32_MAX, &v) < 0:
+            return -1
+        out[0] = <int>v
+        return 0
+
+    cdef int peek_put(self, PutView* out) noexcept:
+        """1 and ``out`` filled when the buffer starts with a whole plain put (header and body,
+        no transaction key, numbers well formed, body within ``max_body``), consuming nothing;
+        0 for anything else — incomplete, another frame, or a line the ordinary path must judge
+        (it also raises the protocol errors). ``consume_put`` then moves past it."""
+        cdef const char* base
+        cdef Py_ssize_t size, pos, line_end, count
+        cdef int length, checksum
+        if self._kind:
+            return 0
+        base = PyByteArray_AS_STRING(self._buf)
+        size = PyByteArray_GET_SIZE(self._buf)
+        pos = self._pos
+        if (size - pos < 4 or base[pos] != b'p' or base[pos + 1] != b'u' or base[pos + 2] != b't'
+                or base[pos + 3] != b' '):
+            return 0
+        line_end = find_line_end(base, pos, size)
+        if line_end < 0 or line_end - pos > self.max_header:
+            return 0
+        count = self._split(base, pos, line_end)
+        if count == 7 and self._lens[5] > 0 and (base[self._starts[5]] == b'-' or
+                                                 b'0' <= base[self._starts[5]] <= b'9'):
+            if self._int32(base, 5, &checksum) < 0:
+                return 0
+            out.checksum = checksum
+        elif count == 6:
+            out.checksum = -1
+        else:
+            return 0
+        if (self._lens[1] == 0 or self._int32(base, 2, &out.partition) < 0
+                or self._int32(base, 3, &length) < 0 or self._int32(base, 4, &out.flag) < 0
+                or self._int32(base, <int>count - 1, &out.opaque) < 0
+                or length < 0 or length > self.max_body or line_end + 2 + length > size):
+            return 0
+        out.topic = base + self._starts[1]
+        out.topic_len = self._lens[1]
+        out.data = base + line_end + 2
+        out.length = length
+        out.end = line_end + 2 + length
+        return 1
+
+    def take_put(self):
+        """``peek_put`` + ``consume_put`` for Python (the tests): the whole plain put at the
+        front of the buffer as ``(topic_bytes, partition, flag, checksum, opaque, data)`` and
+        moved past, or None (nothing consumed)."""
+        cdef PutView view
+        if not self.peek_put(&view):
+            return None
+        put = (PyBytes_FromStringAndSize(view.topic, view.topic_len), view.partition, view.flag,
+               view.checksum, view.opaque, PyBytes_FromStringAndSize(view.data, view.length))
+        self.consume_put(&view)
+        return put
+
+    cdef int consume_put(self, const PutView* view) except -1:
+        """Move past the put ``peek_put`` just described."""
+        self._pos = view.end
+        if self._pos == PyByteArray_GET_SIZE(self._buf):
+            del self._buf[:]
+            self._pos = 0
+        return 0
+
+    cdef object _next(self):
+        cdef char* base
+        cdef Py_ssize_t size, pos, line_end, count
+        if self._kind:
+            return self._body()
+        base = PyByteArray_AS_STRING(self._buf)
+        size = PyByteArray_GET_SIZE(self._buf)
+        pos = self._pos
+        line_end = find_line_end(base, pos, size)
+        if line_end < 0:
+            if size - pos > self.max_header:
+                raise RemoteProtocolError(f"header line longer than {self.max_header} bytes")
+            return None
+        if line_end - pos > self.max_header:
+            raise RemoteProtocolError(f"header line longer than {self.max_header} bytes")
+        count = self._split(base, pos, line_end)
         self._pos = line_end + 2
         if count == 0 or self._lens[0] == 0:
             raise RemoteProtocolError("empty header line or leading space")

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """The broker's compiled put path: plain puts of one receive buffer, checked and batched in C.
 
-``PutIntake.take(decoder)`` pulls frames from a connection's decoder. Each plain put to a topic
+``PutIntake.take(decoder)`` pulls frames from a connection's decoder — plain puts straight from
+its receive buffer (``FrameDecoder.peek_put``: no event object, no topic string per put). Each plain put to a topic
 and partition the broker has already served (a ``Route``) is checked (partition, size, attribute
 block, checksum), given its id and CRC, and added to a batch per partition; every other frame —
 and every put that needs more than that (an unknown topic, a partition still to be created, a
@@ -16,12 +17,14 @@ It moves no bytes on sockets and knows no file layout: logs are reached through 
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from metaq_core._crc cimport checksum_raw
 from metaq_core._record cimport HEADER_SIZE, load_be32
+from metaq_core._wire cimport FrameDecoder, PutView
 from metaq_core.errors import MetaqError
 from metaq_core.frames import Put, encode_result
 
@@ -125,6 +128,10 @@ cdef class PutIntake:
     cdef dict batches
     cdef uint64_t rand_state
     cdef public long long fast_puts
+    cdef public long long in_place_puts   # of those, read straight from the buffer
+    cdef bytes _topic_key         # the topic of the last put read from a buffer, as bytes,
+    cdef str _topic               # and as text,
+    cdef Route _route             # and its route (forgotten at each take(): reloads)
 
     def __init__(self, broker, conn, dict routes, next_id, sink, Py_ssize_t max_transfer_size,
                  uint64_t seed):
@@ -137,6 +144,7 @@ cdef class PutIntake:
         self.batches = {}
         self.rand_state = seed | 1
         self.fast_puts = 0
+        self.in_place_puts = 0
 
     cdef int _random_below(self, int n) noexcept:
         # xorshift64: partition -1 asks the broker to choose (Java: a random partition)
@@ -151,8 +159,20 @@ cdef class PutIntake:
         """Batch every plain put at the front of ``decoder``'s buffer; return the first other
         event (the batches are submitted first), or None once the buffer holds no whole frame."""
         cdef object event
+        cdef tuple t
+        cdef PutView view
+        cdef FrameDecoder fast = decoder if type(decoder) is FrameDecoder else None
+        cdef bint declined
         self.closed = self.broker.closed_partitions or None
+        self._route = None
         while True:
+            declined = False
+            if fast is not None and fast.peek_put(&view):
+                if self._put_view(&view):
+                    fast.consume_put(&view)
+                    self.in_place_puts += 1
+                    continue
+                declined = True  # the ordinary path decodes it again and hands it on
             event = decoder.next_raw()
             if event is None:
                 self.flush()
@@ -160,39 +180,54 @@ cdef class PutIntake:
             if type(event) is not tuple:
                 self.flush()
                 return event
-            if not self._put(<tuple>event):
+            t = <tuple>event
+            if declined or not self._put(t[0], t[1], t[2], t[3], t[4], t[5], NULL, 0):
                 self.flush()
-                t = <tuple>event
                 return Put(t[0], t[1], t[2], t[3], None, t[4], t[5], t[6])
 
-    cdef bint _put(self, tuple t) except -1:
-        """Batch one put; False hands it to the broker's general path (it decides the answer)."""
-        cdef Route route = self.routes.get(t[0])
-        cdef int partition
-        cdef int flag
-        cdef object data = t[5]
-        cdef Py_ssize_t n
-        cdef const unsigned char* p
+    cdef bint _put_view(self, const PutView* view) except -1:
+        """A put read in place: its route from the last topic when it is the same one."""
+        cdef bytes key = self._topic_key
+        if (self._route is None or PyBytes_GET_SIZE(key) != view.topic_len
+                or memcmp(PyBytes_AS_STRING(key), view.topic, view.topic_len) != 0):
+            try:
+                topic = PyUnicode_DecodeUTF8(view.topic, view.topic_len, NULL)
+            except UnicodeDecodeError:
+                return False  # the ordinary path answers it
+            route = self.routes.get(topic)
+            if route is None:
+                return False
+            self._topic = topic
+            self._topic_key = PyBytes_FromStringAndSize(view.topic, view.topic_len)
+            self._route = <Route>route
+        return self._put(self._topic, view.partition, view.flag, view.checksum, view.opaque,
+                         None, <const unsigned char*>view.data, view.length)
+
+    cdef bint _put(self, str topic, int partition, int flag, int64_t checksum, int opaque,
+                   object data, const unsigned char* p, Py_ssize_t n) except -1:
+        """Batch one put; False hands it to the broker's general path (it decides the answer).
+        The body is ``data`` (bytes) or, when that is None, the ``n`` bytes at ``p``."""
+        cdef Route route = self._route if p != NULL else self.routes.get(topic)
         cdef int32_t attr_len
         cdef uint32_t crc
         cdef object plog
         cdef _Batch batch
-        cdef int64_t checksum = t[3]
-        if route is None or type(data) is not bytes:
+        if route is None:
             return False
-        partition = t[1]
+        if p == NULL:
+            if type(data) is not bytes:
+                return False
+            p = <const unsigned char*>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
         if partition == -1:
             partition = self._random_below(route.num_partitions)
         elif partition < 0 or partition >= route.num_partitions:
             return False
         plog = route.logs[partition]
-        if plog is None or (self.closed is not None and (t[0], partition) in self.closed):
+        if plog is None or (self.closed is not None and (topic, partition) in self.closed):
             return False
-        n = PyBytes_GET_SIZE(data)
         if HEADER_SIZE + n > self.limit:
             return False
-        p = <const unsigned char*>PyBytes_AS_STRING(data)
-        flag = t[2]
         if flag & ATTRIBUTE_FLAG:
             if n < 4:
                 return False
@@ -210,11 +245,13 @@ cdef class PutIntake:
             msg_id = self.next_id()
         except MetaqError:
             return False  # the general path answers the clock error
+        if data is None:
+            data = PyBytes_FromStringAndSize(<const char*>p, n)
         batch = self.batches.get(plog)
         if batch is None:
             batch = _Batch()
             batch.plog = plog
-            batch.topic = t[0]
+            batch.topic = topic
             batch.partition = partition
             batch.items = []
             batch.opaques = []
@@ -222,7 +259,7 @@ cdef class PutIntake:
             batch.nbytes = 0
             self.batches[plog] = batch
         batch.items.append((data, flag, msg_id, crc))
-        batch.opaques.append(t[4])
+        batch.opaques.append(opaque)
         batch.nbytes += n
         return True
 

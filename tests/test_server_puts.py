@@ -5,6 +5,7 @@ failure answers every put of a batch with 500 while the log keeps every acknowle
 from __future__ import annotations
 
 import os
+import random
 import re
 import resource
 import socket
@@ -14,6 +15,7 @@ import time
 import zlib
 
 import pytest
+import trio
 
 from metaq_core import LogStore
 from metaq_core.wire import FrameDecoder, Put, Result, Stats, encode
@@ -39,12 +41,24 @@ REFUSALS = [
     (Put("test", 0, 1, -1, None, 105, b"\x00\x01"), 400, None),
     (Put("test", 0, 0, -1, None, 106, b"x" * (1024 * 1024 - 19)), 500, None),
     (Put("unknown", 0, 0, -1, None, 107, b"x"), 500, b"The server do not accept topic unknown"),
+    # the same length as "test": the put path's last-topic shortcut must compare every byte
+    (Put("tesx", 0, 0, -1, None, 109, b"x"), 500, b"The server do not accept topic tesx"),
     (Put("test", 0, 0, -1, "TX:1", 108, b"x"), 500, b"Local transaction 'TX:1' has not been started."),
 ]
 
 
-async def answers_of(client: RawClient, requests: list[Put]) -> dict[int, Result]:
-    await client.send(b"".join(encode(r) for r in requests))
+async def answers_of(client: RawClient, requests: list[Put], *, chunked: bool = False) -> dict[int, Result]:
+    data = b"".join(encode(r) for r in requests)
+    if chunked:  # small pieces with pauses: the broker receives frames cut at every kind of place
+        rng = random.Random(7)
+        position = 0
+        while position < len(data):
+            size = rng.randint(1, 40) if rng.random() < 0.9 else 65536  # (a 1 MiB body too)
+            await client.send(data[position:position + size])
+            position += size
+            await trio.sleep(0.0005)
+    else:
+        await client.send(data)
     results = await client.receive(len(requests), timeout=30)
     assert sorted(r.opaque for r in results) == sorted(r.opaque for r in requests)
     return {r.opaque: r for r in results}
@@ -60,8 +74,9 @@ def stored(data_path: str, topic: str, partition: int) -> list[tuple[int, bytes]
     return seen
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "dispatch"])
-async def test_pipelined_puts_mixed_with_refusals(tmp_path, nursery, compiled):
+@pytest.mark.parametrize("compiled,chunked", [(True, False), (True, True), (False, False)],
+                         ids=["compiled", "compiled-chunked", "dispatch"])
+async def test_pipelined_puts_mixed_with_refusals(tmp_path, nursery, compiled, chunked):
     broker = await start_broker(nursery, make_config(str(tmp_path / "data")))
     broker.compiled_puts = compiled
     client = await RawClient.connect(broker.port)
@@ -80,7 +95,7 @@ async def test_pipelined_puts_mixed_with_refusals(tmp_path, nursery, compiled):
         requests.append(good("meta-test", 3, 3000, b"new partition mid-stream"))
         requests.append(good("test", 0, 4000, b"last"))
         expected_bodies[4000] = b"last"
-        answers = await answers_of(client, requests)
+        answers = await answers_of(client, requests, chunked=chunked)
         for refused, status, text in REFUSALS:
             result = answers[refused.opaque]
             assert result.status == status, (refused, result)
@@ -100,6 +115,9 @@ async def test_pipelined_puts_mixed_with_refusals(tmp_path, nursery, compiled):
         (conn,) = broker.connections
         if compiled:   # the good puts to open partitions took the compiled path
             assert conn.intake.fast_puts == 2 * len(REFUSALS) + 1
+            if not chunked and type(conn.decoder).__module__ == "metaq_core._wire":
+                # whole frames in the compiled decoder's buffer: read in place, none decoded twice
+                assert conn.intake.in_place_puts == conn.intake.fast_puts
         else:
             assert conn.intake is None
         # stat=true: the realtime counters saw every accepted put of the topic
