@@ -369,6 +369,12 @@ class Broker:
             self._sink = TrioSink.current()
         return self._sink
 
+    def deliver_ready(self) -> None:
+        """Answer the puts whose group commit has finished (called by busy connection readers,
+        so answers need not wait for the event loop's next turn; see ``TrioSink``)."""
+        if self._sink is not None:
+            self._sink.deliver_ready()
+
     def _transactional_put(self, conn: Connection, event: Put) -> None:
         self.counters.cmd_put += 1
         kind = "XA" if event.tx_key.startswith("XID:") else "Local"
