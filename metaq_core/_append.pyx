@@ -132,7 +132,8 @@ cdef class DirectAppender:
 
         ``defer`` (an event loop, which must not wait for the disk): when an fdatasync is due,
         or this is the first unflushed record, write anyway and wake the writer thread for the
-        sync (as ``PartitionLog.append_nowait`` does) instead of declining."""
+        sync (as ``PartitionLog.append_nowait`` does) instead of declining — up to twice the
+        threshold of unflushed records, past which it declines."""
         return self.append_one(data, flag, msg_id, checksum, ids, defer)
 
     cdef object append_one(self, data, int flag, msg_id, long long checksum, ids,
@@ -162,7 +163,9 @@ cdef class DirectAppender:
         if unflushed + 1 > self.threshold or (
                 self.interval > 0 and monotonic() - <double>plog._last_flush >= self.interval):
             kick = 0 if plog._upkeep_due else 2
-            if not defer:
+            if not defer or unflushed + 1 > 2 * self.threshold:
+                # Deferred, the writer thread may lag (it needs the GIL); past twice the
+                # threshold the caller waits for it (the queued path syncs) instead.
                 return None
         elif kick and not defer:
             return None

@@ -221,9 +221,8 @@ def test_syncs_left_to_the_writer_thread_cover_every_record(data_dir):
         plog = store.partition("t", 0)
         stats = plog.statistics()
         assert stats.records == 16 * 400
-        assert stats.syncs >= 2
         assert plog.max_offset <= stats.size_bytes
-        assert plog._unflushed <= stats.records
+        assert plog._unflushed <= 2 * 10 + 16  # past twice the threshold appends wait (+ a batch)
         store.flush()
         assert plog.max_offset == stats.size_bytes and plog._unflushed == 0
     with LogStore(data_dir) as store:
