@@ -197,26 +197,43 @@ cdef class DirectAppender:
 
 cdef class StoreAppends:
     """``LogStore.append_data`` in one compiled call: the partition looked up, then the direct
-    path of a threshold-mode log; anything it declines goes to ``slow`` (the Python method,
-    same arguments)."""
+    path of a threshold-mode log, or a group-commit log's submit and wait (what
+    ``PartitionLog.append_many`` does); anything else goes to ``slow`` (the Python method, same
+    arguments)."""
 
     cdef dict logs
     cdef object ids
     cdef object slow
+    cdef object new_latch
+    cdef object thread_sink
 
-    def __init__(self, dict logs, ids, slow):
+    def __init__(self, dict logs, ids, slow, new_latch, thread_sink):
         self.logs = logs
         self.ids = ids
         self.slow = slow
+        self.new_latch = new_latch
+        self.thread_sink = thread_sink
 
     def append_data(self, topic, partition, data, *, int flag=0, msg_id=None,
                     long long checksum=-1):
         """Append raw message data (attribute block + body, protocol §4.1) with its flag."""
         cdef PyObject* found = PyDict_GetItem(self.logs, (topic, partition))
+        cdef Py_ssize_t n
         if found != NULL:
-            direct = (<object>found)._direct
+            plog = <object>found
+            direct = plog._direct
             if direct is not None:
                 done = (<DirectAppender>direct).append_one(data, flag, msg_id, checksum, self.ids)
                 if done is not None:
                     return done
+            elif plog.group_commit and type(data) is bytes:
+                n = PyBytes_GET_SIZE(data)
+                if not (flag & 1) or (n >= 4 and 0 <= <int32_t>load_be32(
+                        <const unsigned char*>PyBytes_AS_STRING(data)) <= n - 4):
+                    latch = self.new_latch()
+                    request = plog.submit(
+                        [(data, flag, self.ids.next_id() if msg_id is None else msg_id, checksum)],
+                        self.thread_sink, latch)
+                    latch.acquire()
+                    return request.first()
         return self.slow(topic, partition, data, flag=flag, msg_id=msg_id, checksum=checksum)

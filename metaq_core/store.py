@@ -44,6 +44,7 @@ from metaq_core.partition import (
     PartitionStatistics,
     Slice,
     _append,
+    new_latch,
 )
 
 log = logging.getLogger("metaq.store")
@@ -122,8 +123,10 @@ class LogStore:
         self._lock_fd: int | None = None
         if _append is not None and not read_only:
             # The same method in one compiled call: a threshold-mode log's records are written
-            # from here directly (partition._append); everything else comes back to the method.
-            self.append_data = _append.StoreAppends(self._logs, self.ids, self._append_data).append_data
+            # from here directly (partition._append), a group-commit log's are submitted and
+            # waited for; everything else comes back to the method.
+            self.append_data = _append.StoreAppends(
+                self._logs, self.ids, self._append_data, new_latch, THREAD_SINK).append_data
         if read_only:
             if not os.path.isdir(self.path):
                 raise StoreLoadError(f"no data directory {self.path}")

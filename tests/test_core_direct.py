@@ -228,3 +228,34 @@ def test_syncs_left_to_the_writer_thread_cover_every_record(data_dir):
     with LogStore(data_dir) as store:
         stats = store.partition("t", 0).statistics()
         assert stats.message_count == 16 * 400 and stats.recovered_bytes_truncated == 0
+
+
+def test_group_commit_append_data_from_threads_is_durable_when_answered(data_dir):
+    threads, each = 24, 40
+    results: list[list] = [[] for _ in range(threads)]
+    attr = struct.pack(">i", 3) + b"a=b"
+
+    def appender(k: int) -> None:
+        for i in range(each):
+            if i % 5 == 0:
+                results[k].append(store.append_data("t", 0, attr + b"%d.%d" % (k, i), flag=1))
+            else:
+                results[k].append(store.append_data("t", 0, b"%d.%d" % (k, i)))
+            assert store.partition("t", 0).max_offset >= results[k][-1].offset + results[k][-1].size
+
+    with LogStore(data_dir) as store:
+        store.append_data("t", 0, b"first")
+        with pytest.raises(InvalidMessageError):
+            store.append_data("t", 0, struct.pack(">i", 99) + b"short", flag=1)
+        workers = [threading.Thread(target=appender, args=(k,)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        stats = store.partition("t", 0).statistics()
+        assert stats.records == threads * each + 1 and stats.max_batch > 1
+    placed = sorted((p for r in results for p in r), key=lambda p: p.offset)
+    records = parse(os.path.join(data_dir, "t-0", SEGMENT))[1:]
+    assert all((f == 1) == d.startswith(attr) for _o, _i, f, d in records)
+    assert sum(1 for _o, _i, f, _d in records if f == 1) == threads * ((each + 4) // 5)
+    assert [(o, i) for o, i, _f, _d in records] == [(p.offset, p.msg_id) for p in placed]
