@@ -23,7 +23,7 @@ from metaq_core.errors import ClockBackwardsError, MetaqError
 from metaq_core.naming import validate_topic
 from metaq_core.partition import OffsetOutOfRangeError, PartitionLog
 from metaq_core.retention import RetentionPolicy, apply_policy
-from metaq_core.trio_bridge import TrioSink
+from metaq_core.trio_bridge import TrioSink, yield_to_writers
 from metaq_core.wire import (
     LONG_MAX, Get, OffsetRequest, Put, Stats, Sync, Transaction, Version,
     encode_result, encode_value_header,
@@ -369,9 +369,12 @@ class Broker:
             self._sink = TrioSink.current()
         return self._sink
 
-    def deliver_ready(self) -> None:
-        """Answer the puts whose group commit has finished (called by busy connection readers,
-        so answers need not wait for the event loop's next turn; see ``TrioSink``)."""
+    def engine_turn(self) -> None:
+        """Called by connection readers after each receive, so that the storage engine's writer
+        threads need not wait for a busy event loop to go idle: let a writer that waits for the
+        GIL after its fdatasync take it (``yield_to_writers``), then answer the puts of every
+        group commit finished so far (``TrioSink.deliver_ready``)."""
+        yield_to_writers()
         if self._sink is not None:
             self._sink.deliver_ready()
 

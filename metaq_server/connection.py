@@ -41,7 +41,7 @@ class Connection:
             self.peer = "?"
         self.decoder = FrameDecoder(max_body=max_body)
         self.intake = broker.put_intake(self)
-        self._deliver_ready = broker.deliver_ready
+        self._engine_turn = broker.engine_turn
         self.idle_timeout = idle_timeout
         self.inflight = 0
         self._out: collections.deque[bytes | Slice] = collections.deque()
@@ -191,7 +191,7 @@ class Connection:
                 return
             finally:
                 self._end_batch()
-            self._deliver_ready()   # answer the group commits finished meanwhile (TrioSink)
+            self._engine_turn()   # writers waiting for the GIL, then finished group commits
 
     def _end_batch(self) -> None:
         """Write the answers queued while handling a receive in one ``write`` if the writer task
