@@ -10,7 +10,10 @@ arrival order, under one of the two flush policies of §1.8:
   on disk.
 * threshold (``unflush_threshold > 0``): appends are answered once written to the file (page
   cache); fdatasync runs when more than ``unflush_threshold`` appends are unflushed, when
-  ``unflush_interval`` ms have passed, and periodically at that interval.
+  ``unflush_interval`` ms have passed, and periodically at that interval. A blocking caller
+  writes its record itself (one compiled call, ``_append.DirectAppender``, when nothing else is
+  due) and syncs inline when the threshold is reached; an event loop's appends leave the sync
+  to the writer thread, whose fdatasync runs without the write lock.
 
 Readers see only the durable end (the high-water mark, §1.7). The log knows nothing of sockets,
 of trio or of message ids: callers hand it finished record fields and a completion sink.
