@@ -14,7 +14,7 @@ import trio
 from trio.lowlevel import (Abort, Task, cancel_shielded_checkpoint, checkpoint_if_cancelled,
                            current_task, reschedule, wait_task_rescheduled)
 
-from metaq_core._segment import yield_to_writers  # noqa: F401  (for busy event loops, see there)
+from metaq_core._segment import yield_to_writers  # for busy event loops: see there
 from metaq_core.partition import Appended, AppendRequest, PartitionLog, Sink
 
 T = TypeVar("T")
@@ -98,4 +98,4 @@ async def run_blocking(fn: Callable[..., T], *args: object) -> T:
 
 __all__ = ["ABORT_SUCCEEDED", "TrioSink", "cancel_shielded_checkpoint", "checkpoint_if_cancelled",
            "current_task", "run_blocking", "submit_async",
-           "wait_task_rescheduled"]
+           "wait_task_rescheduled", "yield_to_writers"]

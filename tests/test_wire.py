@@ -210,6 +210,16 @@ def outcome(cls, chunks, **kw):
     return events, decoder.buffered
 
 
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` in pieces of the lengths in ``cuts``, and the rest as the last piece."""
+    chunks, pos = [], 0
+    for cut in cuts:
+        chunks.append(data[pos:pos + cut])
+        pos += cut
+    chunks.append(data[pos:])
+    return chunks
+
+
 token = st.sampled_from([b"put", b"get", b"offset", b"sync", b"stats", b"version", b"quit", b"value",
                          b"result", b"transaction", b"t", b"g", b"0", b"-1", b"5", b"2147483648",
                          b"TX:s:1", b"XID:1:0a:", b"BEGIN", b"", b"abc", b"\xc3\xa9", b"+3", b"99999999999"])
@@ -220,11 +230,7 @@ stream = st.lists(st.one_of(line, st.binary(max_size=12)), max_size=8).map(b"".j
 @settings(max_examples=400)
 @given(stream, st.lists(st.integers(1, 16), max_size=10))
 def test_compiled_and_pure_decoders_agree(data, cuts):
-    chunks, pos = [], 0
-    for cut in cuts:
-        chunks.append(data[pos:pos + cut])
-        pos += cut
-    chunks.append(data[pos:])
+    chunks = split_at(data, cuts)
     expected = outcome(wire_py.FrameDecoder, chunks, max_body=8)
     assert outcome(_wire.FrameDecoder, chunks, max_body=8) == expected
     assert outcome(_wire.FrameDecoder, [data], max_body=8) == outcome(wire_py.FrameDecoder, [data], max_body=8)
@@ -282,11 +288,7 @@ put_stream = st.lists(st.one_of(plain_put, line, st.binary(max_size=6)), max_siz
 @settings(max_examples=400)
 @given(st.one_of(stream, put_stream), st.lists(st.integers(1, 16), max_size=10))
 def test_reading_puts_in_place_gives_the_same_events(data, cuts):
-    chunks, pos = [], 0
-    for cut in cuts:
-        chunks.append(data[pos:pos + cut])
-        pos += cut
-    chunks.append(data[pos:])
+    chunks = split_at(data, cuts)
     for max_body in (8, 1 << 20):
         expected = outcome(wire_py.FrameDecoder, chunks, max_body=max_body)
         assert outcome_reading_puts_in_place(chunks, max_body=max_body) == expected
