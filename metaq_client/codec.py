@@ -101,8 +101,8 @@ class AnswerReaderPy:
     from ``pending`` and hands the answer to that entry's ``resolve``: a ``Result`` or ``Value``
     (``result_type(status, body or None, opaque)``, ``value_type(data, opaque)``), or, for a
     ``Waiter`` whose ``put`` is set, the ``SendResult`` of a ``result 200``. Returns how many
-    answers nobody waited for (dropped). A frame that is not an answer raises
-    RemoteProtocolError. Sans-I/O."""
+    answers it handed over; ``dropped`` counts those nobody waited for (the caller may reset
+    it). A frame that is not an answer raises RemoteProtocolError. Sans-I/O."""
 
     def __init__(self, pending: dict[int, Any], result_type: type, value_type: type, *,
                  max_header: int | None = None) -> None:
@@ -110,6 +110,7 @@ class AnswerReaderPy:
         self._result_type = result_type
         self._value_type = value_type
         self._decoder = FrameDecoder() if max_header is None else FrameDecoder(max_header=max_header)
+        self.dropped = 0
 
     @property
     def buffered(self) -> int:
@@ -120,18 +121,19 @@ class AnswerReaderPy:
         decoder = self._decoder
         pop = self._pending.pop
         decoder.receive_data(data)
-        dropped = 0
+        delivered = 0
         while True:
             event = decoder.next_event()
             if event is None:
-                return dropped
+                return delivered
             kind = type(event)
             if kind is not Result and kind is not Value:
                 raise RemoteProtocolError(f"not an answer: {type(event).__name__}")
             entry = pop(event.opaque, None)
             if entry is None:
-                dropped += 1
+                self.dropped += 1
                 continue
+            delivered += 1
             if kind is Result:
                 answer = None
                 if event.status == 200 and type(entry) is WaiterPy and entry.put is not None:

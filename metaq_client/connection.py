@@ -128,8 +128,17 @@ class Connection:
 
     Every outstanding request is an entry of ``_pending`` (opaque → an object with
     ``resolve(answer)`` and ``fail(error)``): a waiting task's ``Waiter`` (``request``) or a
-    callback (``submit``). Frames queue in ``_out``; the writer task sends whatever has queued in one
-    ``send_all``, so requests made in the same scheduler round share a send."""
+    callback (``submit``). Frames queue in ``_out`` and leave in one write for all that queued:
+
+    * from the task that queues a frame, at once, when as many frames have queued since the last
+      read as that read delivered answers (in a closed loop, every task woken by the read has sent
+      its next request) and the writer task is not in the middle of a write;
+    * otherwise from the writer task, which runs after every task of the scheduler round and
+      waits for the socket when its buffer is full.
+
+    So requests made in the same scheduler round share a write, and a connection whose answers
+    woke its senders writes as soon as they have all sent, without waiting for the other tasks of
+    the round (other connections' senders) or a writer task step."""
 
     def __init__(self, url: str, stream: trio.abc.Stream, settings: ConnectionSettings,
                  counters: _Counters) -> None:
@@ -140,6 +149,8 @@ class Connection:
         self._pending: dict[int, Any] = {}
         self._reader_codec = AnswerReader(self._pending, Result, Value)
         self._out: list[bytes] = []
+        self._awaited = 0  # frames still expected before a write from the queuing task
+        self._writing = False  # the writer task has data in flight: nobody else writes
         self._writer_task: trio.lowlevel.Task | None = None  # parked with nothing to send
         socket = getattr(stream, "socket", None)  # a trio.SocketStream: its file descriptor
         self._fd: int | None = socket.fileno() if socket is not None else None
@@ -172,7 +183,10 @@ class Connection:
         pending[opaque] = waiter
         self._counters.requests += 1
         self._out.append(frame)
-        if self._writer_task is not None:
+        self._awaited -= 1
+        if self._awaited <= 0 and not self._writing and self._fd is not None:
+            self._write_now()
+        elif self._writer_task is not None:
             self._wake_writer()
         return waiter
 
@@ -185,7 +199,10 @@ class Connection:
         self._pending[opaque] = pending
         self._counters.requests += 1
         self._out.append(frame)
-        if self._writer_task is not None:
+        self._awaited -= 1
+        if self._awaited <= 0 and not self._writing and self._fd is not None:
+            self._write_now()
+        elif self._writer_task is not None:
             self._wake_writer()
 
     def forget(self, opaque: int) -> None:
@@ -243,12 +260,28 @@ class Connection:
                 return
             self._last_io = trio.current_time()
             try:
-                dropped = reader.feed(data)  # wakes the waiting tasks
+                self._awaited += reader.feed(data)  # wakes the waiting tasks
             except RemoteProtocolError as exc:
                 self.close(f"protocol error from the broker: {exc}")
                 return
-            if dropped:
-                counters.dropped_answers += dropped  # nobody waits for them any more (§6.3)
+            if reader.dropped:
+                counters.dropped_answers += reader.dropped  # nobody waits for them any more (§6.3)
+                reader.dropped = 0
+
+    def _write_now(self) -> None:
+        """Write what has queued from the current task, without waiting: what the socket does not
+        take at once (or an error) is left to the writer task."""
+        frames, self._out = self._out, []
+        self._awaited = 0
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            sent = os.write(self._fd, data)  # type: ignore[arg-type]
+        except OSError:  # full (BlockingIOError), or broken: the writer meets it again
+            sent = 0
+        if sent < len(data):
+            self._out = [data[sent:]]
+            if self._writer_task is not None:
+                self._wake_writer()
 
     def _wake_writer(self) -> None:
         task = self._writer_task
@@ -268,18 +301,21 @@ class Connection:
                 await trio.lowlevel.wait_task_rescheduled(self._writer_abort)
                 continue
             frames, self._out = self._out, []
+            self._awaited = 0  # a round ended with frames left: the next read sets the count again
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             if fd is None:
                 await self._stream.send_all(data)
             else:
                 # Straight to the socket; wait only while its buffer is full (trio's send_all
                 # takes an extra task step per send).
+                self._writing = True
                 left = memoryview(data)
                 while left:
                     try:
                         left = left[os.write(fd, left):]
                     except BlockingIOError:
                         await trio.lowlevel.wait_writable(fd)
+                self._writing = False
             self._last_io = trio.current_time()
 
     async def _heartbeat(self) -> None:

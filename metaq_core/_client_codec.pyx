@@ -340,14 +340,15 @@ cdef class AnswerReader:
     from ``pending`` and hands the answer to that entry's ``resolve``: a ``Result`` or ``Value``
     (``result_type(status, body or None, opaque)``, ``value_type(data, opaque)``), or, for a
     ``Waiter`` whose ``put`` is set, the ``SendResult`` of a ``result 200``. Returns how many
-    answers nobody waited for (dropped). A frame that is not an answer raises
-    RemoteProtocolError. Sans-I/O."""
+    answers it handed over; ``dropped`` counts those nobody waited for (the caller may reset
+    it). A frame that is not an answer raises RemoteProtocolError. Sans-I/O."""
 
     cdef dict _pending
     cdef object _result_type
     cdef object _value_type
     cdef bytearray _rest
     cdef public Py_ssize_t max_header
+    cdef public Py_ssize_t dropped
 
     def __init__(self, dict pending not None, result_type, value_type, *, Py_ssize_t max_header=MAX_HEADER):
         self._pending = pending
@@ -364,22 +365,22 @@ cdef class AnswerReader:
     def feed(self, data):
         cdef Py_buffer view
         cdef Py_ssize_t used
-        cdef Py_ssize_t dropped = 0
+        cdef Py_ssize_t delivered = 0
         if PyByteArray_GET_SIZE(self._rest) == 0:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
             try:
-                used = self._parse(<const char*>view.buf, view.len, &dropped)
+                used = self._parse(<const char*>view.buf, view.len, &delivered)
                 if used < view.len:
                     self._rest += PyBytes_FromStringAndSize(<const char*>view.buf + used, view.len - used)
             finally:
                 PyBuffer_Release(&view)
         else:
             self._rest += data
-            used = self._parse(PyByteArray_AS_STRING(self._rest), PyByteArray_GET_SIZE(self._rest), &dropped)
+            used = self._parse(PyByteArray_AS_STRING(self._rest), PyByteArray_GET_SIZE(self._rest), &delivered)
             del self._rest[:used]
-        return dropped
+        return delivered
 
-    cdef Py_ssize_t _parse(self, const char* base, Py_ssize_t size, Py_ssize_t* dropped) except -1:
+    cdef Py_ssize_t _parse(self, const char* base, Py_ssize_t size, Py_ssize_t* delivered) except -1:
         """Dispatch the complete frames of ``base[:size]``; how many bytes they took."""
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t i, line_end, count, body, length
@@ -439,8 +440,9 @@ cdef class AnswerReader:
             pos = body + length
             entry = pending.pop(opaque, None)
             if entry is None:
-                dropped[0] += 1
+                self.dropped += 1
                 continue
+            delivered[0] += 1
             if type(entry) is Waiter:
                 waiter = <Waiter>entry
                 if (is_result and status == 200 and waiter.put is not None and
