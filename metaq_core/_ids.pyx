@@ -9,13 +9,7 @@ from libc.stdint cimport int64_t
 
 from metaq_core.errors import ClockBackwardsError
 
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    cdef struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec* tp)
-    int CLOCK_REALTIME
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 EPOCH_MS = 1303895660503
 cdef int64_t C_EPOCH_MS = 1303895660503

@@ -27,13 +27,7 @@ cdef extern from *:
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec* tp)
-    int CLOCK_MONOTONIC
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cdef enum:
     YIELD_LIMIT_NS = 200000   # how long yield_to_writers waits for a writer at most
