@@ -24,6 +24,7 @@ import trio
 
 from metaq_client.codec import AnswerReader, PutAnswers, Waiter
 from metaq_client.errors import BrokerUnavailableError, ConnectionClosedError
+from metaq_client.readiness import ReadReadiness
 from metaq_core.wire import Event, RemoteProtocolError, Result, Value, Version, encode
 
 log = logging.getLogger("metaq.client")
@@ -152,6 +153,7 @@ class Connection:
         self._awaited = 0  # frames still expected before a write from the queuing task
         self._writing = False  # the writer task has data in flight: nobody else writes
         self._writer_task: trio.lowlevel.Task | None = None  # parked with nothing to send
+        self._readiness: ReadReadiness | None = None
         socket = getattr(stream, "socket", None)  # a trio.SocketStream: its file descriptor
         self._fd: int | None = socket.fileno() if socket is not None else None
         self._scope: trio.CancelScope | None = None
@@ -216,6 +218,10 @@ class Connection:
             self._scope.cancel()
 
     async def run(self) -> None:
+        readiness = ReadReadiness.current() if self._fd is not None else None
+        if readiness is not None:
+            readiness.register(self._fd)  # type: ignore[arg-type]
+        self._readiness = readiness
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
@@ -235,6 +241,8 @@ class Connection:
             for pending in waiting:
                 pending.fail(ConnectionClosedError(f"connection to {self.url} closed while the request "
                                                    f"waited for its answer: {reason}"))
+            if readiness is not None:
+                readiness.unregister(self._fd)  # type: ignore[arg-type]
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
 
@@ -244,17 +252,28 @@ class Connection:
         fd = self._fd
         buffer = bytearray(RECEIVE_SIZE)
         view = memoryview(buffer)
+        readiness = self._readiness
+        wait_readable = readiness.wait_readable if readiness is not None else trio.lowlevel.wait_readable
+        drained = True  # the last read emptied the socket: wait for more before reading again
         while True:
             if fd is None:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             else:
                 # Straight from the socket: one task step per receive (trio's receive_some takes
-                # two, and a failed read with its exception whenever it finds nothing).
-                await trio.lowlevel.wait_readable(fd)
+                # two, and a failed read with its exception whenever it finds nothing). After a
+                # read that filled the buffer, read again (yielding first) rather than wait: the
+                # readiness is edge-triggered (see ``readiness``).
+                if drained:
+                    await wait_readable(fd)
+                else:
+                    await trio.lowlevel.checkpoint()
                 try:
-                    data = view[:os.readv(fd, (buffer,))]
+                    size = os.readv(fd, (buffer,))
                 except BlockingIOError:
+                    drained = True
                     continue
+                drained = size < RECEIVE_SIZE
+                data = view[:size]
             if not data:
                 self.close("closed by the broker")
                 return
