@@ -40,6 +40,7 @@ cdef class FrameDecoder:
     cdef bint _is(self, const char* base, int i, const char* word, Py_ssize_t n)
     cdef Py_ssize_t _split(self, const char* base, Py_ssize_t pos, Py_ssize_t line_end) noexcept
     cdef int _int32(self, const char* base, int i, int* out) noexcept
+    cdef int _put_checksum_form(self, const char* base, Py_ssize_t count) noexcept
     cdef object _next(self)
     cdef object _fast(self, const char* base, Py_ssize_t n)
     cdef object _start_body(self, int kind, length, tuple fields)

@@ -107,8 +107,8 @@ cdef class FrameDecoder:
             out.append(event)
 
     cdef object _int(self, const char* base, int i, str what):
-        cdef int64_t v
-        if parse_long(base + self._starts[i], self._lens[i], INT32_MIN, INT32_MAX, &v) < 0:
+        cdef int v
+        if self._int32(base, i, &v) < 0:
             raise RemoteProtocolError(
                 f"{what} {self._token_text(base, i)!r} is not an int32 number")
         return v
@@ -177,14 +177,22 @@ cdef class FrameDecoder:
         out[0] = <int>v
         return 0
 
+    cdef int _put_checksum_form(self, const char* base, Py_ssize_t count) noexcept:
+        """A put line of ``count`` tokens: 1 with a checksum token (7 tokens, the 6th starting
+        like a number), 0 without (6 tokens), -1 otherwise (transactional or malformed)."""
+        if count == 7 and self._lens[5] > 0 and (base[self._starts[5]] == b'-' or
+                                                 b'0' <= base[self._starts[5]] <= b'9'):
+            return 1
+        return 0 if count == 6 else -1
+
     cdef int peek_put(self, PutView* out) noexcept:
         """1 and ``out`` filled when the buffer starts with a whole plain put (header and body,
         no transaction key, numbers well formed, body within ``max_body``), consuming nothing;
         0 for anything else — incomplete, another frame, or a line the ordinary path must judge
         (it also raises the protocol errors). ``consume_put`` then moves past it."""
         cdef const char* base
-        cdef Py_ssize_t size, pos, line_end, count
-        cdef int length, checksum
+        cdef Py_ssize_t size, pos, line_end
+        cdef int length, checksum, form
         if self._kind:
             return 0
         base = PyByteArray_AS_STRING(self._buf)
@@ -196,19 +204,17 @@ cdef class FrameDecoder:
         line_end = find_line_end(base, pos, size)
         if line_end < 0 or line_end - pos > self.max_header:
             return 0
-        count = self._split(base, pos, line_end)
-        if count == 7 and self._lens[5] > 0 and (base[self._starts[5]] == b'-' or
-                                                 b'0' <= base[self._starts[5]] <= b'9'):
+        form = self._put_checksum_form(base, self._split(base, pos, line_end))
+        if form < 0:
+            return 0
+        out.checksum = -1
+        if form:
             if self._int32(base, 5, &checksum) < 0:
                 return 0
             out.checksum = checksum
-        elif count == 6:
-            out.checksum = -1
-        else:
-            return 0
         if (self._lens[1] == 0 or self._int32(base, 2, &out.partition) < 0
                 or self._int32(base, 3, &length) < 0 or self._int32(base, 4, &out.flag) < 0
-                or self._int32(base, <int>count - 1, &out.opaque) < 0
+                or self._int32(base, 5 + form, &out.opaque) < 0
                 or length < 0 or length > self.max_body or line_end + 2 + length > size):
             return 0
         out.topic = base + self._starts[1]
@@ -276,14 +282,12 @@ cdef class FrameDecoder:
     cdef object _fast(self, const char* base, Py_ssize_t n):
         """put, get, result, value and version in C; NOT_FAST hands the line to the generic path."""
         cdef int64_t checksum
+        cdef int form
         if self._is(base, 0, b"put", 3):
-            if n == 7 and self._lens[5] > 0 and (base[self._starts[5]] == b'-' or
-                                                 b'0' <= base[self._starts[5]] <= b'9'):
-                checksum = self._int(base, 5, "checksum")
-            elif n == 6:
-                checksum = -1
-            else:
+            form = self._put_checksum_form(base, n)
+            if form < 0:
                 return NOT_FAST  # transactional and malformed forms
+            checksum = self._int(base, 5, "checksum") if form else -1
             fields = (self._token_text(base, 1), self._int(base, 2, "partition"),
                       self._int(base, 4, "flag"), checksum, None, self._int(base, n - 1, "opaque"))
             return self._start_body(KIND_PUT, self._int(base, 3, "length"), fields)

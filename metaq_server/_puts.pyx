@@ -181,7 +181,8 @@ cdef class PutIntake:
                 self.flush()
                 return event
             t = <tuple>event
-            if declined or not self._put(t[0], t[1], t[2], t[3], t[4], t[5], NULL, 0):
+            if declined or not self._put(self.routes.get(t[0]), t[0], t[1], t[2], t[3], t[4],
+                                         t[5], NULL, 0):
                 self.flush()
                 return Put(t[0], t[1], t[2], t[3], None, t[4], t[5], t[6])
 
@@ -200,14 +201,14 @@ cdef class PutIntake:
             self._topic = topic
             self._topic_key = PyBytes_FromStringAndSize(view.topic, view.topic_len)
             self._route = <Route>route
-        return self._put(self._topic, view.partition, view.flag, view.checksum, view.opaque,
-                         None, <const unsigned char*>view.data, view.length)
+        return self._put(self._route, self._topic, view.partition, view.flag, view.checksum,
+                         view.opaque, None, <const unsigned char*>view.data, view.length)
 
-    cdef bint _put(self, str topic, int partition, int flag, int64_t checksum, int opaque,
-                   object data, const unsigned char* p, Py_ssize_t n) except -1:
-        """Batch one put; False hands it to the broker's general path (it decides the answer).
-        The body is ``data`` (bytes) or, when that is None, the ``n`` bytes at ``p``."""
-        cdef Route route = self._route if p != NULL else self.routes.get(topic)
+    cdef bint _put(self, Route route, str topic, int partition, int flag, int64_t checksum,
+                   int opaque, object data, const unsigned char* p, Py_ssize_t n) except -1:
+        """Batch one put to ``topic`` (its route, None if it has none); False hands it to the
+        broker's general path (it decides the answer). The body is ``data`` (bytes) or, when
+        that is None, the ``n`` bytes at ``p``."""
         cdef int32_t attr_len
         cdef uint32_t crc
         cdef object plog
