@@ -28,6 +28,29 @@ def test_checksum_matches_zlib_on_any_size(size):
     assert _crc.checksum(memoryview(data)) == _crc.checksum(bytearray(data))
 
 
+@settings(max_examples=300)
+@given(st.binary(max_size=3000), st.integers(0, 15), st.integers(0, 2**32 - 1))
+def test_checksum_matches_zlib_at_any_length_and_alignment(data, skip, seed):
+    # the carry-less multiplication path takes 64 bytes and more, in 16-byte blocks; zlib the rest
+    data = seed.to_bytes(4, "little") + data
+    view = memoryview(data)[skip:]
+    assert _crc.crc32_of(view) == zlib.crc32(view)
+    assert _crc.implementation in ("pclmul", "zlib")
+
+
+@pytest.mark.parametrize("attribute", [None, b"", b"k" * 70])
+@pytest.mark.parametrize("size", [0, 15, 63, 64, 65, 1024, 5000])
+def test_put_frame_checksum_sums_its_parts_in_turn(attribute, size):
+    # the compiled put frame sums length prefix, attribute and body one after another
+    put_frame = pytest.importorskip("metaq_core._client_codec").put_frame
+    body = bytes((i * 7 + size) & 0xFF for i in range(size))
+    frame = put_frame(b"t", 0, body, attribute, 1)
+    header, data = frame.split(b"\r\n", 1)
+    data = data if attribute is None else struct.pack(">i", len(attribute)) + attribute + body
+    assert frame.endswith(data)
+    assert int(header.split()[5]) == zlib.crc32(data) & 0x7FFFFFFF
+
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_worked_example_hello_with_attribute(codec):
     # protocol §7.1: data = attr_len 5, "attr1", "hello"
