@@ -3,7 +3,10 @@ with its checksum), ``put_answer`` parses the body of a put's ``result 200`` ans
 ``put_result`` turns it into the ``SendResult`` at once. ``Waiter`` is the waiting side of one
 request: what a task awaits until the connection hands it the answer (reused for the task's
 next request); ``AnswerReader`` parses the answers a connection reads and hands each to the
-request waiting for it (``PutAnswers``: a put's ``SendResult`` made right there).
+request waiting for it (``PutAnswers``: a put's ``SendResult`` made right there). ``Outbox`` is
+a connection's outgoing side: it registers requests, queues their frames and says when to write
+(it calls the connection back; it never writes itself); ``next_opaque`` is the process's one
+opaque counter (``OpaqueCounter``, Java's ``OpaqueGenerator``).
 
 Compiled (``metaq_core._client_codec``) unless ``METAQ_PURE_PYTHON=1`` or the extension is not
 built; the pure functions here are its twin, byte for byte what ``metaq_core.frames.encode``
@@ -13,6 +16,7 @@ go into the header. Sans-I/O: bytes in, bytes or numbers out.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import zlib
@@ -196,16 +200,112 @@ class WaiterPy:
         return (yield self.trap).unwrap()
 
 
-_PURE = (put_frame_py, put_answer_py, put_result_py, WaiterPy, AnswerReaderPy, PutAnswersPy)
+OPAQUE_MIN = -(2**31)
+OPAQUE_WRAP = 2**31 - 1 - 10
+_OPAQUE_PERIOD = OPAQUE_WRAP - OPAQUE_MIN
+
+
+class OpaqueCounterPy:
+    """Java's ``OpaqueGenerator``: starts at -2147483648, +1 per request, and wraps back to
+    -2147483648 when it reaches 2147483637. Thread-safe without a lock: one counter
+    (``itertools.count``, atomic under the GIL)."""
+
+    def __init__(self, start: int = OPAQUE_MIN) -> None:
+        self._count = itertools.count(start - OPAQUE_MIN if OPAQUE_MIN <= start < OPAQUE_WRAP else 0)
+
+    def __call__(self) -> int:
+        return OPAQUE_MIN + next(self._count) % _OPAQUE_PERIOD
+
+
+class OutboxPy:
+    """A connection's outgoing side, without I/O: the frames still to write (``out``), the
+    outstanding requests (``pending``: opaque → ``Waiter`` or callback object), and when the task
+    that queues a frame writes at once: when as many frames have queued since the last read as
+    that read delivered answers (``awaited`` reaches 0), no write is in flight (``writing``) and
+    the connection can write from any task (``direct``). Then it calls ``write_now()``;
+    otherwise it wakes the parked writer task (``writer_task`` set: ``wake_writer()``).
+
+    ``request`` registers the current task's ``Waiter`` (found in the ``waiters`` context
+    variable, made by ``new_waiter(task)`` when the task has none yet) and returns it for the
+    task to await; ``put`` does the same for a put frame it builds itself with a fresh opaque;
+    ``submit`` registers a callback object. Once ``closed``, each raises ``closed_error()``."""
+
+    def __init__(self, pending: dict[int, Any], direct: bool, write_now: Any, wake_writer: Any,
+                 current_task: Any, waiters: Any, new_waiter: Any, closed_error: Any) -> None:
+        self.out: list[bytes] = []
+        self.awaited = 0
+        self.writing = False
+        self.direct = direct
+        self.writer_task: Any = None
+        self.pending = pending
+        self.requests = 0
+        self.closed = False
+        self._write_now = write_now
+        self._wake_writer = wake_writer
+        self._current_task = current_task
+        self._waiters = waiters
+        self._new_waiter = new_waiter
+        self._closed_error = closed_error
+
+    def _waiter(self) -> Any:
+        task = self._current_task()
+        waiter = self._waiters.get(None)
+        if waiter is None or waiter.task is not task:
+            waiter = self._new_waiter(task)
+        return waiter
+
+    def _queue(self, frame: bytes, opaque: int, entry: Any) -> None:
+        self.pending[opaque] = entry
+        self.requests += 1
+        self.out.append(frame)
+        self.awaited -= 1
+        if self.awaited <= 0 and not self.writing and self.direct:
+            self._write_now()
+        elif self.writer_task is not None:
+            self._wake_writer()
+
+    def request(self, frame: bytes, opaque: int, put: Any = None) -> Any:
+        """Queue ``frame`` (its opaque: ``opaque``) for the current task, which must await the
+        returned ``Waiter`` right away (with ``put``, a ``result 200`` comes as a ``SendResult``)."""
+        if self.closed:
+            raise self._closed_error()
+        waiter = self._waiter()
+        waiter.pending = self.pending
+        waiter.opaque = opaque
+        waiter.put = put
+        self._queue(frame, opaque, waiter)
+        return waiter
+
+    def put(self, topic: bytes, partition: int, body: bytes, attribute: bytes | None, put: Any) -> Any:
+        """``request`` of ``put_frame(topic, partition, body, attribute, <a fresh opaque>)``."""
+        if self.closed:
+            raise self._closed_error()
+        opaque = next_opaque()
+        return self.request(put_frame(topic, partition, body, attribute, opaque), opaque, put)
+
+    def submit(self, frame: bytes, opaque: int, entry: Any) -> None:
+        """Queue ``frame`` with ``entry`` (``resolve(answer)``, ``fail(error)``) waiting for it."""
+        if self.closed:
+            raise self._closed_error()
+        self._queue(frame, opaque, entry)
+
+
+_PURE = (put_frame_py, put_answer_py, put_result_py, WaiterPy, AnswerReaderPy, PutAnswersPy, OutboxPy,
+         OpaqueCounterPy)
 
 if os.environ.get("METAQ_PURE_PYTHON") == "1":
-    put_frame, put_answer, put_result, Waiter, AnswerReader, PutAnswers = _PURE
+    put_frame, put_answer, put_result, Waiter, AnswerReader, PutAnswers, Outbox, OpaqueCounter = _PURE
     IMPLEMENTATION = "python"
 else:
     try:
         from metaq_core._client_codec import (  # noqa: F401
-            AnswerReader, PutAnswers, Waiter, put_answer, put_frame, put_result)
+            AnswerReader, OpaqueCounter, Outbox, PutAnswers, Waiter, put_answer, put_frame, put_result)
         IMPLEMENTATION = "cython"
     except ImportError:  # the extension is not built (a source checkout without build_ext)
-        put_frame, put_answer, put_result, Waiter, AnswerReader, PutAnswers = _PURE
+        put_frame, put_answer, put_result, Waiter, AnswerReader, PutAnswers, Outbox, OpaqueCounter = _PURE
         IMPLEMENTATION = "python"
+
+if IMPLEMENTATION == "cython":
+    from metaq_core._client_codec import next_opaque  # noqa: F401  (the one counter ``Outbox.put`` uses)
+else:
+    next_opaque = OpaqueCounter()

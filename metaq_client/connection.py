@@ -13,7 +13,6 @@ BrokerUnavailableError. This module moves frames: it never interprets a status c
 from __future__ import annotations
 
 import contextvars
-import itertools
 import logging
 import os
 import urllib.parse
@@ -22,7 +21,8 @@ from typing import Any
 import attrs
 import trio
 
-from metaq_client.codec import AnswerReader, PutAnswers, Waiter
+from metaq_client.codec import OPAQUE_MIN, OPAQUE_WRAP, AnswerReader, OpaqueCounter, Outbox, PutAnswers, Waiter
+from metaq_client.codec import next_opaque as next_opaque
 from metaq_client.errors import BrokerUnavailableError, ConnectionClosedError
 from metaq_client.readiness import ReadReadiness
 from metaq_core.wire import Event, RemoteProtocolError, Result, Value, Version, encode
@@ -30,25 +30,11 @@ from metaq_core.wire import Event, RemoteProtocolError, Result, Value, Version, 
 log = logging.getLogger("metaq.client")
 
 DEFAULT_PORT = 8123
-OPAQUE_MIN = -(2**31)
-OPAQUE_WRAP = 2**31 - 1 - 10
 RECEIVE_SIZE = 256 * 1024
-_OPAQUE_PERIOD = OPAQUE_WRAP - OPAQUE_MIN
+__all__ = ["OPAQUE_MIN", "OPAQUE_WRAP", "OpaqueGenerator", "next_opaque", "Connection", "ConnectionPool"]
 
-
-class OpaqueGenerator:
-    """Java's ``OpaqueGenerator``: starts at -2147483648, +1 per request, and wraps back to
-    -2147483648 when it reaches 2147483637. Thread-safe without a lock: one counter
-    (``itertools.count``, atomic under the GIL) serves the whole process."""
-
-    def __init__(self, start: int = OPAQUE_MIN) -> None:
-        self._count = itertools.count(start - OPAQUE_MIN if OPAQUE_MIN <= start < OPAQUE_WRAP else 0)
-
-    def __call__(self) -> int:
-        return OPAQUE_MIN + next(self._count) % _OPAQUE_PERIOD
-
-
-next_opaque = OpaqueGenerator()
+#: Java's ``OpaqueGenerator`` (``codec.OpaqueCounter``); ``next_opaque`` is the process's one instance
+OpaqueGenerator = OpaqueCounter
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -95,19 +81,16 @@ class _Counters:
 _TASK_WAITER: contextvars.ContextVar[Any] = contextvars.ContextVar("metaq_client_waiter")
 
 
-def task_waiter() -> Waiter:
-    """The current task's ``Waiter`` (created at its first request, reused for the next ones: a
-    task waits for one answer at a time). A child task inherits its parent's context, hence the
-    check of the task."""
-    task = trio.lowlevel.current_task()
-    waiter = _TASK_WAITER.get(None)
-    if waiter is None or waiter.task is not task:
-        waiter = Waiter(task, trio.lowlevel.reschedule, trio.lowlevel.Abort.SUCCEEDED)
-        # what ``wait_task_rescheduled(waiter.abort)`` yields to the run loop, made once
-        trap = trio.lowlevel.wait_task_rescheduled(waiter.abort)
-        waiter.trap = trap.send(None)
-        trap.close()
-        _TASK_WAITER.set(waiter)
+def new_task_waiter(task: trio.lowlevel.Task) -> Waiter:
+    """A ``Waiter`` for the current task ``task``, kept in its context for its next requests (a
+    task waits for one answer at a time; ``Outbox`` finds it there, and makes a new one when the
+    context's is another task's: a child task inherits its parent's context)."""
+    waiter = Waiter(task, trio.lowlevel.reschedule, trio.lowlevel.Abort.SUCCEEDED)
+    # what ``wait_task_rescheduled(waiter.abort)`` yields to the run loop, made once
+    trap = trio.lowlevel.wait_task_rescheduled(waiter.abort)
+    waiter.trap = trap.send(None)
+    trap.close()
+    _TASK_WAITER.set(waiter)
     return waiter
 
 
@@ -129,7 +112,9 @@ class Connection:
 
     Every outstanding request is an entry of ``_pending`` (opaque → an object with
     ``resolve(answer)`` and ``fail(error)``): a waiting task's ``Waiter`` (``request``) or a
-    callback (``submit``). Frames queue in ``_out`` and leave in one write for all that queued:
+    callback (``submit``). Frames queue in the ``outbox`` (``codec.Outbox``, which keeps that
+    table and the queue, and calls the connection back to write) and leave in one write for all
+    that queued:
 
     * from the task that queues a frame, at once, when as many frames have queued since the last
       read as that read delivered answers (in a closed loop, every task woken by the read has sent
@@ -149,13 +134,14 @@ class Connection:
         self._counters = counters
         self._pending: dict[int, Any] = {}
         self._reader_codec = AnswerReader(self._pending, Result, Value)
-        self._out: list[bytes] = []
-        self._awaited = 0  # frames still expected before a write from the queuing task
-        self._writing = False  # the writer task has data in flight: nobody else writes
-        self._writer_task: trio.lowlevel.Task | None = None  # parked with nothing to send
         self._readiness: ReadReadiness | None = None
         socket = getattr(stream, "socket", None)  # a trio.SocketStream: its file descriptor
         self._fd: int | None = socket.fileno() if socket is not None else None
+        # out: frames to write; awaited: frames still expected before a write from the queuing
+        # task; writing: the writer task has data in flight (nobody else writes); writer_task:
+        # the writer, parked with nothing to send
+        self.outbox = Outbox(self._pending, self._fd is not None, self._write_now, self._wake_writer,
+                             trio.lowlevel.current_task, _TASK_WAITER, new_task_waiter, self._closed_error)
         self._scope: trio.CancelScope | None = None
         self._last_io = trio.current_time()
         self.close_reason: str | None = None
@@ -174,38 +160,24 @@ class Connection:
 
     def enqueue(self, frame: bytes, opaque: int, put: PutAnswers | None = None) -> Waiter:
         """Queue ``frame`` for the current task, which must then ``await`` the returned waiter
-        right away for the answer (``request_frame`` in one call; the producer awaits it itself to
-        save a coroutine per send)."""
-        if self.closed:
-            raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
-        waiter = task_waiter()
-        pending = waiter.pending = self._pending
-        waiter.opaque = opaque
-        waiter.put = put
-        pending[opaque] = waiter
-        self._counters.requests += 1
-        self._out.append(frame)
-        self._awaited -= 1
-        if self._awaited <= 0 and not self._writing and self._fd is not None:
-            self._write_now()
-        elif self._writer_task is not None:
-            self._wake_writer()
-        return waiter
+        right away for the answer (``request_frame`` in one call; the producer awaits
+        ``outbox.put`` itself to save a coroutine per send). ConnectionClosedError when the
+        connection is already closed."""
+        return self.outbox.request(frame, opaque, put)
 
     def submit(self, frame: bytes, opaque: int, pending: Any) -> None:
         """Send ``frame`` without waiting: ``pending.resolve(answer)`` or ``pending.fail(error)`` is
         called on the trio thread when it is answered or the connection closes. Synchronous;
         ConnectionClosedError when the connection is already closed."""
-        if self.closed:
-            raise ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
-        self._pending[opaque] = pending
-        self._counters.requests += 1
-        self._out.append(frame)
-        self._awaited -= 1
-        if self._awaited <= 0 and not self._writing and self._fd is not None:
-            self._write_now()
-        elif self._writer_task is not None:
-            self._wake_writer()
+        self.outbox.submit(frame, opaque, pending)
+
+    def _closed_error(self) -> ConnectionClosedError:
+        return ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
+
+    @property
+    def requests(self) -> int:
+        """Requests sent on this connection."""
+        return self.outbox.requests
 
     def forget(self, opaque: int) -> None:
         """Stop waiting for the answer to ``opaque`` (its ``submit`` caller gave up)."""
@@ -233,7 +205,8 @@ class Connection:
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as lost:
             self.close(f"connection lost: {lost.exceptions[0]!r}")
         finally:
-            self.closed = True
+            self.closed = self.outbox.closed = True
+            self._counters.requests += self.outbox.requests
             reason = self.close_reason or "the client is closing"
             self.close_reason = reason
             waiting = list(self._pending.values())
@@ -279,7 +252,7 @@ class Connection:
                 return
             self._last_io = trio.current_time()
             try:
-                self._awaited += reader.feed(data)  # wakes the waiting tasks
+                self.outbox.awaited += reader.feed(data)  # wakes the waiting tasks
             except RemoteProtocolError as exc:
                 self.close(f"protocol error from the broker: {exc}")
                 return
@@ -290,51 +263,54 @@ class Connection:
     def _write_now(self) -> None:
         """Write what has queued from the current task, without waiting: what the socket does not
         take at once (or an error) is left to the writer task."""
-        frames, self._out = self._out, []
-        self._awaited = 0
+        outbox = self.outbox
+        frames, outbox.out = outbox.out, []
+        outbox.awaited = 0
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
             sent = os.write(self._fd, data)  # type: ignore[arg-type]
         except OSError:  # full (BlockingIOError), or broken: the writer meets it again
             sent = 0
         if sent < len(data):
-            self._out = [data[sent:]]
-            if self._writer_task is not None:
+            outbox.out = [data[sent:]]
+            if outbox.writer_task is not None:
                 self._wake_writer()
 
     def _wake_writer(self) -> None:
-        task = self._writer_task
+        outbox = self.outbox
+        task = outbox.writer_task
         if task is not None:
-            self._writer_task = None
+            outbox.writer_task = None
             trio.lowlevel.reschedule(task, _WOKEN)
 
     def _writer_abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
-        self._writer_task = None
+        self.outbox.writer_task = None
         return trio.lowlevel.Abort.SUCCEEDED
 
     async def _writer(self) -> None:
         fd = self._fd
+        outbox = self.outbox
         while True:
-            if not self._out:
-                self._writer_task = trio.lowlevel.current_task()
+            if not outbox.out:
+                outbox.writer_task = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(self._writer_abort)
                 continue
-            frames, self._out = self._out, []
-            self._awaited = 0  # a round ended with frames left: the next read sets the count again
+            frames, outbox.out = outbox.out, []
+            outbox.awaited = 0  # a round ended with frames left: the next read sets the count again
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             if fd is None:
                 await self._stream.send_all(data)
             else:
                 # Straight to the socket; wait only while its buffer is full (trio's send_all
                 # takes an extra task step per send).
-                self._writing = True
+                outbox.writing = True
                 left = memoryview(data)
                 while left:
                     try:
                         left = left[os.write(fd, left):]
                     except BlockingIOError:
                         await trio.lowlevel.wait_writable(fd)
-                self._writing = False
+                outbox.writing = False
             self._last_io = trio.current_time()
 
     async def _heartbeat(self) -> None:
@@ -453,6 +429,8 @@ class ConnectionPool:
 
     def statistics(self) -> ConnectionStatistics:
         c = self._counters
-        live = sum(1 for link in self._links.values() if link.connection is not None and not link.connection.closed)
-        return ConnectionStatistics(live, c.connects, c.connect_failures, c.requests, c.heartbeats,
+        open_ = [link.connection for link in self._links.values()
+                 if link.connection is not None and not link.connection.closed]
+        requests = c.requests + sum(conn.requests for conn in open_)  # closed ones: counted in c at closing
+        return ConnectionStatistics(len(open_), c.connects, c.connect_failures, requests, c.heartbeats,
                                     c.heartbeat_failures, c.dropped_answers)

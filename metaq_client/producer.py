@@ -82,10 +82,9 @@ class Producer(NurseryOwner):
         if conn is None or conn.closed:
             url = fixed[0]
             conn = self._conn = self._pool.live_connection(url) or await self._pool.connection(url)
-        opaque = next_opaque()
         broker_id = fixed[1]
-        answer = await conn.enqueue(put_frame(token, -1, body, attribute, opaque), opaque,
-                                    self._put_answers.get(broker_id) or self._answers_of(broker_id))
+        answer = await conn.outbox.put(token, -1, body, attribute,
+                                       self._put_answers.get(broker_id) or self._answers_of(broker_id))
         return answer if type(answer) is SendResult else self.result_of(answer, broker_id)
 
     async def send_message(self, message: Message, *,

@@ -27,6 +27,10 @@ def put_frame(bytes topic not None, int partition, bytes body not None, bytes at
     ``topic``: the topic's UTF-8 bytes, already checked to be one header token; ``attribute``:
     the attribute's UTF-8 bytes, or None for a message without one (flag 0). The data is
     ``[int32 length][attribute][body]`` with an attribute, else the body (protocol §4.1–§4.2)."""
+    return _put_frame(topic, partition, body, attribute, opaque)
+
+
+cdef bytes _put_frame(bytes topic, int partition, bytes body, bytes attribute, int opaque):
     cdef Py_ssize_t ntopic = PyBytes_GET_SIZE(topic)
     cdef Py_ssize_t nbody = PyBytes_GET_SIZE(body)
     cdef Py_ssize_t nattr = 0
@@ -468,3 +472,118 @@ cdef class AnswerReader:
 
 if metaq_set_am_send(<PyTypeObject*>Waiter, <void*>_waiter_am_send) != 0:
     raise ImportError("Waiter has no async slots")
+
+
+# ----------------------------------------------------------------- the sending side of requests
+
+from cpython.contextvars cimport get_value
+
+cdef int64_t OPAQUE_MIN = -2147483648
+cdef int64_t OPAQUE_WRAP = 2147483637  # 2**31 - 1 - 10: Java's wrap point
+
+
+cdef class OpaqueCounter:
+    """Java's ``OpaqueGenerator``: starts at -2147483648, +1 per request, and wraps back to
+    -2147483648 when it reaches 2147483637. Thread-safe: one step holds the GIL."""
+
+    cdef int64_t _next
+
+    def __init__(self, start=-2147483648):
+        self._next = start if OPAQUE_MIN <= start < OPAQUE_WRAP else OPAQUE_MIN
+
+    cdef inline int take(self):
+        cdef int64_t value = self._next
+        self._next = value + 1 if value + 1 < OPAQUE_WRAP else OPAQUE_MIN
+        return <int>value
+
+    def __call__(self):
+        return self.take()
+
+
+#: the process's one counter: every request of every connection takes its opaque here
+next_opaque = OpaqueCounter()
+cdef OpaqueCounter _opaques = next_opaque
+
+
+cdef class Outbox:
+    """A connection's outgoing side, without I/O: the frames still to write (``out``), the
+    outstanding requests (``pending``: opaque → ``Waiter`` or callback object), and when the task
+    that queues a frame writes at once: when as many frames have queued since the last read as
+    that read delivered answers (``awaited`` reaches 0), no write is in flight (``writing``) and
+    the connection can write from any task (``direct``). Then it calls ``write_now()``;
+    otherwise it wakes the parked writer task (``writer_task`` set: ``wake_writer()``).
+
+    ``request`` registers the current task's ``Waiter`` (found in the ``waiters`` context
+    variable, made by ``new_waiter(task)`` when the task has none yet) and returns it for the
+    task to await; ``put`` does the same for a put frame it builds itself with a fresh opaque;
+    ``submit`` registers a callback object. Once ``closed``, each raises ``closed_error()``."""
+
+    cdef public list out
+    cdef public Py_ssize_t awaited
+    cdef public bint writing
+    cdef public bint direct
+    cdef public object writer_task
+    cdef public dict pending
+    cdef public Py_ssize_t requests
+    cdef public bint closed
+    cdef object _write_now, _wake_writer, _current_task, _waiters, _new_waiter, _closed_error
+
+    def __init__(self, dict pending, bint direct, write_now, wake_writer, current_task, waiters, new_waiter,
+                 closed_error):
+        self.out = []
+        self.pending = pending
+        self.direct = direct
+        self._write_now = write_now
+        self._wake_writer = wake_writer
+        self._current_task = current_task
+        self._waiters = waiters
+        self._new_waiter = new_waiter
+        self._closed_error = closed_error
+
+    cdef Waiter _waiter(self):
+        task = self._current_task()
+        waiter = get_value(self._waiters, None)
+        if type(waiter) is not Waiter or (<Waiter>waiter).task is not task:
+            waiter = self._new_waiter(task)
+        return <Waiter?>waiter
+
+    cdef void _queue(self, bytes frame, object opaque, object entry) except *:
+        self.pending[opaque] = entry
+        self.requests += 1
+        self.out.append(frame)
+        self.awaited -= 1
+        if self.awaited <= 0 and not self.writing and self.direct:
+            self._write_now()
+        elif self.writer_task is not None:
+            self._wake_writer()
+
+    def request(self, bytes frame not None, opaque, PutAnswers put=None):
+        """Queue ``frame`` (its opaque: ``opaque``) for the current task, which must await the
+        returned ``Waiter`` right away (with ``put``, a ``result 200`` comes as a ``SendResult``)."""
+        if self.closed:
+            raise self._closed_error()
+        cdef Waiter waiter = self._waiter()
+        waiter.pending = self.pending
+        waiter.opaque = opaque
+        waiter.put = put
+        self._queue(frame, opaque, waiter)
+        return waiter
+
+    def put(self, bytes topic not None, int partition, bytes body not None, bytes attribute, PutAnswers put):
+        """``request`` of ``put_frame(topic, partition, body, attribute, <a fresh opaque>)``."""
+        if self.closed:
+            raise self._closed_error()
+        cdef Waiter waiter = self._waiter()
+        cdef int opaque = _opaques.take()
+        frame = _put_frame(topic, partition, body, attribute, opaque)
+        waiter.pending = self.pending
+        waiter.opaque = opaque
+        waiter.put = put
+        self._queue(frame, waiter.opaque, waiter)
+        return waiter
+
+    def submit(self, bytes frame not None, opaque, entry):
+        """Queue ``frame`` with ``entry`` (``resolve(answer)``, ``fail(error)``) waiting for it."""
+        if self.closed:
+            raise self._closed_error()
+        self._queue(frame, opaque, entry)
