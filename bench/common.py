@@ -100,6 +100,28 @@ def clear_dir(path: str) -> None:
             os.unlink(full)
 
 
+
+def release_page_cache(path: str) -> int:
+    """Drop the page cache of every file under ``path`` (``posix_fadvise(POSIX_FADV_DONTNEED)``;
+    the files stay as they are, a later read comes from the disk). For data already fdatasync'ed
+    this frees memory at once. Returns the number of files advised."""
+    advised = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                advised += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return advised
+
+
 # ---------------------------------------------------------------------------- machine facts
 
 class CpuSampler:
