@@ -21,8 +21,8 @@ from typing import Any
 import attrs
 import trio
 
-from metaq_client.codec import OPAQUE_MIN, OPAQUE_WRAP, AnswerReader, OpaqueCounter, Outbox, PutAnswers, Waiter
-from metaq_client.codec import next_opaque as next_opaque
+from metaq_client.codec import OPAQUE_MIN, OPAQUE_WRAP, next_opaque  # noqa: F401  (re-exported)
+from metaq_client.codec import AnswerReader, OpaqueCounter, Outbox, PutAnswers, Waiter
 from metaq_client.errors import BrokerUnavailableError, ConnectionClosedError
 from metaq_client.readiness import ReadReadiness
 from metaq_core.wire import Event, RemoteProtocolError, Result, Value, Version, encode
@@ -31,7 +31,6 @@ log = logging.getLogger("metaq.client")
 
 DEFAULT_PORT = 8123
 RECEIVE_SIZE = 256 * 1024
-__all__ = ["OPAQUE_MIN", "OPAQUE_WRAP", "OpaqueGenerator", "next_opaque", "Connection", "ConnectionPool"]
 
 #: Java's ``OpaqueGenerator`` (``codec.OpaqueCounter``); ``next_opaque`` is the process's one instance
 OpaqueGenerator = OpaqueCounter

@@ -21,11 +21,29 @@ from metaq_core import record
 P = [Partition(1, n) for n in range(4)]
 
 
-def test_opaques_start_at_int_min_and_wrap_like_java():
-    gen = OpaqueGenerator()
+@pytest.mark.parametrize("implementation", ["in use", "pure", "compiled"])
+def test_opaques_start_at_int_min_and_wrap_like_java(implementation):
+    from metaq_client import codec
+
+    counter = {"in use": OpaqueGenerator, "pure": codec.OpaqueCounterPy}.get(implementation) or pytest.importorskip(
+        "metaq_core._client_codec").OpaqueCounter
+    gen = counter()
     assert [gen(), gen(), gen()] == [-2147483648, -2147483647, -2147483646]
-    gen = OpaqueGenerator(2147483635)
+    gen = counter(2147483635)
     assert [gen(), gen(), gen(), gen()] == [2147483635, 2147483636, OPAQUE_MIN, OPAQUE_MIN + 1]
+    assert counter(2147483637)() == counter(2**40)() == counter(OPAQUE_MIN - 1)() == OPAQUE_MIN  # out of range
+
+
+def test_the_process_has_one_opaque_counter():
+    # puts built by the outbox and every other request draw from the same counter: no two
+    # outstanding requests of one connection can share an opaque
+    from metaq_client import codec, connection
+
+    assert connection.next_opaque is codec.next_opaque
+    if codec.IMPLEMENTATION == "cython":
+        from metaq_core import _client_codec
+
+        assert codec.next_opaque is _client_codec.next_opaque
 
 
 def test_broker_urls():
