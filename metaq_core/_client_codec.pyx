@@ -1,7 +1,10 @@
 # cython: language_level=3
 """The client's per-message codec, compiled: a whole ``put`` frame (the 7-token 1.4.4 form, with
 its checksum) built in one allocation, and the body of a put's ``result 200`` answer parsed into
-numbers without splitting it into Python objects.
+numbers without splitting it into Python objects; the ``Waiter`` a task awaits, the
+``AnswerReader`` that wakes it, and a connection's ``Outbox`` (its queue of frames and table of
+requests, which says when to write and leaves the writing to the connection) with the process's
+one ``OpaqueCounter``.
 
 Byte for byte what ``metaq_core.frames.encode(Put(...))`` produces. The pure-Python twin is
 ``metaq_client.codec`` (the one in use with ``METAQ_PURE_PYTHON=1``); import from there. Sans-I/O.
