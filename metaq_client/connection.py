@@ -3,8 +3,9 @@ pipelined on it and matched to its answer by opaque (protocol §2.5, §6.3).
 
 ``Connection`` writes encoded frames (``metaq_core.wire``, or the producer's ``codec``) straight to
 the socket, coalescing the frames queued in one scheduler round into one write, and hands what it
-reads to its ``codec.AnswerReader``, which wakes the waiting tasks; when it closes, every outstanding request fails at once with
-ConnectionClosedError. An idle connection is kept alive with ``version`` heartbeats and closed after
+reads to its ``codec.AnswerReader``, which wakes the waiting tasks (on Linux the reads are made
+by the trio run's readiness watcher, ``readiness``, without a reader task per connection); when it
+closes, every outstanding request fails at once with ConnectionClosedError. An idle connection is kept alive with ``version`` heartbeats and closed after
 three failed ones (Java's gecko rules, protocol §5.7). ``ConnectionPool`` keeps one connection per
 URL and re-establishes it with back-off; while it is down, requests fail fast with
 BrokerUnavailableError. This module moves frames: it never interprets a status code.
@@ -31,6 +32,7 @@ log = logging.getLogger("metaq.client")
 
 DEFAULT_PORT = 8123
 RECEIVE_SIZE = 256 * 1024
+READS_PER_CALL = 4  # full buffers one readiness callback reads before it lets other work run
 
 #: Java's ``OpaqueGenerator`` (``codec.OpaqueCounter``); ``next_opaque`` is the process's one instance
 OpaqueGenerator = OpaqueCounter
@@ -133,7 +135,8 @@ class Connection:
         self._counters = counters
         self._pending: dict[int, Any] = {}
         self._reader_codec = AnswerReader(self._pending, Result, Value)
-        self._readiness: ReadReadiness | None = None
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
         socket = getattr(stream, "socket", None)  # a trio.SocketStream: its file descriptor
         self._fd: int | None = socket.fileno() if socket is not None else None
         # out: frames to write; awaited: frames still expected before a write from the queuing
@@ -190,15 +193,15 @@ class Connection:
 
     async def run(self) -> None:
         readiness = ReadReadiness.current() if self._fd is not None else None
-        if readiness is not None:
-            readiness.register(self._fd)  # type: ignore[arg-type]
-        self._readiness = readiness
+        if readiness is not None:  # the watcher reads this socket: no reader task
+            readiness.register(self._fd, self._on_readable)  # type: ignore[arg-type]
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 if self.close_reason is not None:
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._reader)
+                if readiness is None:
+                    nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._heartbeat)
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as lost:
@@ -218,25 +221,43 @@ class Connection:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
 
+    def _on_readable(self) -> bool:
+        """The readiness watcher's callback (edge-triggered): read what the socket holds, at most
+        READS_PER_CALL full buffers, and hand it to the answer reader, which wakes the waiting
+        tasks. True once the socket is drained (or the connection is closing)."""
+        if self.close_reason is not None or self.closed:
+            return True
+        fd, buffer, view = self._fd, self._buffer, self._view
+        try:
+            for _ in range(READS_PER_CALL):
+                try:
+                    size = os.readv(fd, (buffer,))  # type: ignore[arg-type]
+                except BlockingIOError:
+                    return True
+                if not self._take(view[:size]) or size < RECEIVE_SIZE:
+                    return True
+            return False
+        except OSError as exc:
+            self.close(f"connection lost: {exc!r}")
+        except Exception as exc:
+            log.exception("%s: reading answers failed", self.url)
+            self.close(f"reading answers failed: {exc!r}")
+        return True
+
     async def _reader(self) -> None:
-        reader = self._reader_codec
-        counters = self._counters
+        """Without the readiness watcher (a stream without a file descriptor, or no epoll): a
+        task that reads."""
         fd = self._fd
-        buffer = bytearray(RECEIVE_SIZE)
-        view = memoryview(buffer)
-        readiness = self._readiness
-        wait_readable = readiness.wait_readable if readiness is not None else trio.lowlevel.wait_readable
+        buffer, view = self._buffer, self._view
         drained = True  # the last read emptied the socket: wait for more before reading again
         while True:
             if fd is None:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             else:
                 # Straight from the socket: one task step per receive (trio's receive_some takes
-                # two, and a failed read with its exception whenever it finds nothing). After a
-                # read that filled the buffer, read again (yielding first) rather than wait: the
-                # readiness is edge-triggered (see ``readiness``).
+                # two, and a failed read with its exception whenever it finds nothing).
                 if drained:
-                    await wait_readable(fd)
+                    await trio.lowlevel.wait_readable(fd)
                 else:
                     await trio.lowlevel.checkpoint()
                 try:
@@ -246,18 +267,26 @@ class Connection:
                     continue
                 drained = size < RECEIVE_SIZE
                 data = view[:size]
-            if not data:
-                self.close("closed by the broker")
+            if not self._take(data):
                 return
-            self._last_io = trio.current_time()
-            try:
-                self.outbox.awaited += reader.feed(data)  # wakes the waiting tasks
-            except RemoteProtocolError as exc:
-                self.close(f"protocol error from the broker: {exc}")
-                return
-            if reader.dropped:
-                counters.dropped_answers += reader.dropped  # nobody waits for them any more (§6.3)
-                reader.dropped = 0
+
+    def _take(self, data: bytes | memoryview) -> bool:
+        """Hand what was read to the answer reader (which wakes the waiting tasks); False when
+        the connection is to close: the broker closed it, or sent something that is no answer."""
+        if not data:
+            self.close("closed by the broker")
+            return False
+        self._last_io = trio.current_time()
+        reader = self._reader_codec
+        try:
+            self.outbox.awaited += reader.feed(data)
+        except RemoteProtocolError as exc:
+            self.close(f"protocol error from the broker: {exc}")
+            return False
+        if reader.dropped:
+            self._counters.dropped_answers += reader.dropped  # nobody waits for them any more (§6.3)
+            reader.dropped = 0
+        return True
 
     def _write_now(self) -> None:
         """Write what has queued from the current task, without waiting: what the socket does not

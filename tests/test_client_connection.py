@@ -107,6 +107,31 @@ async def test_outstanding_requests_fail_at_once_when_the_connection_closes(nurs
         await wait_for(lambda: client.statistics().connects >= 2)
 
 
+@pytest.mark.parametrize("reply", [b"hello there\r\n", b"result 200 -3 7\r\n"])
+async def test_a_broker_that_sends_no_answer_frame_has_its_connection_closed(nursery, reply):
+    async def misbehave(stream, decoder):
+        await read_requests(stream, decoder, 2)
+        await stream.send_all(reply)
+        await trio.sleep_forever()
+
+    port = await fake_broker(nursery, misbehave)
+    async with MetaqClient(url_of(port), connection_settings=FAST_CONNECTIONS) as client:
+        errors = []
+
+        async def ask(i):
+            try:
+                await client.pool.request(url_of(port), Get("t", "g", 0, i, 10, 0))
+            except ConnectionClosedError as exc:
+                errors.append(exc)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as inner:
+                for i in range(2):
+                    inner.start_soon(ask, i)
+        assert len(errors) == 2
+        assert "protocol error from the broker" in str(errors[0])
+
+
 async def test_no_broker_fails_fast_with_a_clear_error():
     port = free_port()
     async with MetaqClient(url_of(port), connection_settings=FAST_CONNECTIONS) as client:
