@@ -389,8 +389,15 @@ def limit_verdict(scaling: list[dict]) -> list[list[str]]:
     worst_iowait = max((e["iowait"]["value"] or 0) for e in scaling)
     disk = (f"disk is not the limit (iowait ≤ {worst_iowait:.0f}%)" if worst_iowait < 20 else
             f"the disk weighs in too (iowait up to {worst_iowait:.0f}%)")
-    rows.append(["overall", f"{disk}; a second broker uses the idle core, after that the {cores} "
-                            "cores are full: more brokers need more machines"])
+    two = next((e for e in scaling if e["brokers"] == 2), None)
+    gain = two["over_one_broker"]["value"] if two is not None and "over_one_broker" in two else None
+    if gain is None or gain >= 1.0:
+        more = (f"a second broker uses the idle core, after that the {cores} cores are full: more "
+                "brokers need more machines")
+    else:
+        more = (f"a second broker does not add ({gain:.2f}× one broker): the brokers split one disk's "
+                "fdatasync stream, each waiting on its own syncs, without filling the cores")
+    rows.append(["overall", f"{disk}; {more}"])
     return rows
 
 
