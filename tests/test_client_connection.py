@@ -82,6 +82,24 @@ async def test_answers_are_matched_by_opaque_not_by_order(nursery):
     assert {o: a.body for o, a in answers.items()} == {1: b"v1", 2: b"v2", 3: b"v3"}
 
 
+async def closed_errors_of(client, port: int, count: int) -> list[ConnectionClosedError]:
+    """Send ``count`` concurrent gets to the fake broker; the ConnectionClosedErrors they raised
+    (any other outcome fails the test)."""
+    errors = []
+
+    async def ask(i):
+        try:
+            await client.pool.request(url_of(port), Get("t", "g", 0, i, 10, 0))
+        except ConnectionClosedError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as inner:
+            for i in range(count):
+                inner.start_soon(ask, i)
+    return errors
+
+
 async def test_outstanding_requests_fail_at_once_when_the_connection_closes(nursery):
     async def close_after_reading(stream, decoder):
         await read_requests(stream, decoder, 5)
@@ -89,18 +107,7 @@ async def test_outstanding_requests_fail_at_once_when_the_connection_closes(nurs
 
     port = await fake_broker(nursery, close_after_reading)
     async with MetaqClient(url_of(port), connection_settings=FAST_CONNECTIONS) as client:
-        errors = []
-
-        async def ask(i):
-            try:
-                await client.pool.request(url_of(port), Get("t", "g", 0, i, 10, 0))
-            except ConnectionClosedError as exc:
-                errors.append(exc)
-
-        with trio.fail_after(5):
-            async with trio.open_nursery() as inner:
-                for i in range(5):
-                    inner.start_soon(ask, i)
+        errors = await closed_errors_of(client, port, 5)
         assert len(errors) == 5
         assert "closed by the broker" in str(errors[0]) and url_of(port) in str(errors[0])
         # the link reconnects in the background: the fake broker accepts again
@@ -116,18 +123,7 @@ async def test_a_broker_that_sends_no_answer_frame_has_its_connection_closed(nur
 
     port = await fake_broker(nursery, misbehave)
     async with MetaqClient(url_of(port), connection_settings=FAST_CONNECTIONS) as client:
-        errors = []
-
-        async def ask(i):
-            try:
-                await client.pool.request(url_of(port), Get("t", "g", 0, i, 10, 0))
-            except ConnectionClosedError as exc:
-                errors.append(exc)
-
-        with trio.fail_after(5):
-            async with trio.open_nursery() as inner:
-                for i in range(2):
-                    inner.start_soon(ask, i)
+        errors = await closed_errors_of(client, port, 2)
         assert len(errors) == 2
         assert "protocol error from the broker" in str(errors[0])
 
