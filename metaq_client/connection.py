@@ -5,10 +5,11 @@ pipelined on it and matched to its answer by opaque (protocol §2.5, §6.3).
 the socket, coalescing the frames queued in one scheduler round into one write, and hands what it
 reads to its ``codec.AnswerReader``, which wakes the waiting tasks (on Linux the reads are made
 by the trio run's readiness watcher, ``readiness``, without a reader task per connection); when it
-closes, every outstanding request fails at once with ConnectionClosedError. An idle connection is kept alive with ``version`` heartbeats and closed after
-three failed ones (Java's gecko rules, protocol §5.7). ``ConnectionPool`` keeps one connection per
-URL and re-establishes it with back-off; while it is down, requests fail fast with
-BrokerUnavailableError. This module moves frames: it never interprets a status code.
+closes, every outstanding request fails at once with ConnectionClosedError. An idle connection
+is kept alive with ``version`` heartbeats and closed after three failed ones (Java's gecko rules,
+protocol §5.7). ``ConnectionPool`` keeps one connection per URL and re-establishes it with
+back-off; while it is down, requests fail fast with BrokerUnavailableError. This module moves
+frames: it never interprets a status code.
 """
 
 from __future__ import annotations
