@@ -12,89 +12,35 @@ from metaq_client.readiness import ReadReadiness
 pytestmark = pytest.mark.skipif(not hasattr(__import__("select"), "epoll"), reason="epoll is Linux's")
 
 
-@pytest.fixture
-async def pair():
-    """This run's readiness and a connected socket pair whose first end it watches (its first
-    wait already taken)."""
-    readiness = ReadReadiness.current()
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    try:
-        readiness.register(a.fileno())
-        await readiness.wait_readable(a.fileno())  # the first wait returns at once (data may be there)
-        yield readiness, a, b
-    finally:
-        readiness.unregister(a.fileno())
-        a.close()
-        b.close()
-
-
-async def test_a_parked_reader_wakes_on_new_data_and_only_then(pair):
-    readiness, a, b = pair
-    assert readiness is ReadReadiness.current()  # one per trio run
-    woken = trio.Event()
-
-    async def reader() -> None:
-        await readiness.wait_readable(a.fileno())
-        woken.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        await trio.sleep(0.05)
-        assert not woken.is_set()  # nothing arrived: still parked
-        b.send(b"x")
-        with trio.fail_after(5):
-            await woken.wait()
-    assert a.recv(10) == b"x"
-
-
-async def test_data_arriving_while_nobody_waits_is_remembered(pair):
-    readiness, a, b = pair
-    b.send(b"early")
-    await trio.sleep(0.05)  # the watcher sees the edge while no reader is parked
-    with trio.fail_after(5):
-        await readiness.wait_readable(a.fileno())
-    assert a.recv(10) == b"early"
-
-
-async def test_a_cancelled_wait_leaves_nothing_parked_and_unregister_wakes_a_reader(pair):
-    readiness, a, _b = pair
-    with trio.move_on_after(0.05) as scope:
-        await readiness.wait_readable(a.fileno())
-    assert scope.cancelled_caught
-    done = trio.Event()
-
-    async def reader() -> None:
-        await readiness.wait_readable(a.fileno())
-        done.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        await trio.sleep(0.05)
-        readiness.unregister(a.fileno())  # closing the connection: its reader must not hang
-        with trio.fail_after(5):
-            await done.wait()
-
-
-@pytest.fixture
-async def watched():
-    """This run's readiness and a connected socket pair whose first end is registered with a
-    callback that reads one byte per call and records it; the test sets ``state["stop_after"]``
-    to make it return "not drained" after that many calls of one edge."""
-    readiness = ReadReadiness.current()
-    a, b = socket.socketpair()
-    a.setblocking(False)
+def recorder(sock: socket.socket) -> tuple[dict, object]:
+    """A callback that records what it reads of ``sock``, and its state. It drains the socket at
+    each call; once the test sets ``state["stop_after"]``, it reads one byte per call instead and
+    returns "not drained" after every that many calls."""
     state = {"got": bytearray(), "calls": 0, "stop_after": None, "changed": trio.Event()}
 
     def on_readable() -> bool:
         state["calls"] += 1
         state["changed"].set()
         try:
-            state["got"] += a.recv(1)
+            if state["stop_after"] is None:
+                while True:
+                    state["got"] += sock.recv(4096)
+            state["got"] += sock.recv(1)
         except BlockingIOError:
             return True
-        return state["stop_after"] is None or state["calls"] % state["stop_after"] != 0
+        return state["calls"] % state["stop_after"] != 0
 
+    return state, on_readable
+
+
+@pytest.fixture
+async def watched():
+    """This run's readiness and a connected socket pair whose first end is registered with a
+    ``recorder`` callback: (readiness, watched end, other end, the recorder's state)."""
+    readiness = ReadReadiness.current()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    state, on_readable = recorder(a)
     try:
         readiness.register(a.fileno(), on_readable)
         yield readiness, a, b, state
@@ -113,6 +59,7 @@ async def _until(state, predicate) -> None:
 
 async def test_a_callback_reads_each_edge_and_is_called_again_until_it_drains(watched):
     readiness, _a, b, state = watched
+    assert readiness is ReadReadiness.current()  # one per trio run
     await trio.sleep(0.05)
     assert state["calls"] == 0  # nothing arrived: never called
     b.send(b"x")
@@ -128,29 +75,35 @@ async def test_a_callback_reads_each_edge_and_is_called_again_until_it_drains(wa
     assert state["calls"] == calls + 4
 
 
-async def test_an_unregistered_callback_is_not_called_and_a_failing_one_is_dropped(watched, caplog):
+async def test_data_there_before_registering_is_an_edge_and_unregistered_callbacks_are_not_called(watched):
     readiness, a, b, state = watched
     readiness.unregister(a.fileno())
-    b.send(b"x")
+    b.send(b"early")
     await trio.sleep(0.05)
-    assert state["calls"] == 0
+    assert state["calls"] == 0  # unregistered: not called
+    again, on_readable = recorder(a)
+    readiness.register(a.fileno(), on_readable)
+    await _until(again, lambda: again["got"] == b"early")
+
+
+async def test_a_failing_callback_is_dropped_and_the_watcher_goes_on(watched, caplog):
+    readiness, a, b, state = watched
 
     def failing() -> bool:
         raise RuntimeError("broken reader")
 
-    readiness.register(a.fileno(), failing)  # the byte already there is an edge at registration
+    readiness.register(a.fileno(), failing)
+    b.send(b"x")
     await trio.sleep(0.05)
     assert "a read callback failed" in caplog.text
-    assert a.fileno() not in readiness._callbacks  # dropped; the watcher itself goes on
+    assert a.fileno() not in readiness._callbacks  # dropped
     c, d = socket.socketpair()
     c.setblocking(False)
+    other, on_readable = recorder(c)
     try:
-        readiness.register(c.fileno())
-        await readiness.wait_readable(c.fileno())
+        readiness.register(c.fileno(), on_readable)
         d.send(b"y")
-        with trio.fail_after(5):
-            await readiness.wait_readable(c.fileno())
-        assert c.recv(1) == b"y"
+        await _until(other, lambda: other["got"] == b"y")
     finally:
         readiness.unregister(c.fileno())
         c.close()
