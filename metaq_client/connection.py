@@ -148,7 +148,6 @@ class Connection:
         self._scope: trio.CancelScope | None = None
         self._last_io = trio.current_time()
         self.close_reason: str | None = None
-        self.closed = False
 
     async def request(self, event: Event) -> Result | Value:
         """Send ``event`` with a fresh opaque (set on the event: callers pass a new one each time)
@@ -173,6 +172,11 @@ class Connection:
         called on the trio thread when it is answered or the connection closes. Synchronous;
         ConnectionClosedError when the connection is already closed."""
         self.outbox.submit(frame, opaque, pending)
+
+    @property
+    def closed(self) -> bool:
+        """The connection has ended (its outbox refuses new requests)."""
+        return self.outbox.closed
 
     def _closed_error(self) -> ConnectionClosedError:
         return ConnectionClosedError(f"connection to {self.url} is closed: {self.close_reason}")
@@ -208,7 +212,7 @@ class Connection:
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as lost:
             self.close(f"connection lost: {lost.exceptions[0]!r}")
         finally:
-            self.closed = self.outbox.closed = True
+            self.outbox.closed = True
             self._counters.requests += self.outbox.requests
             reason = self.close_reason or "the client is closing"
             self.close_reason = reason
@@ -250,24 +254,17 @@ class Connection:
         task that reads."""
         fd = self._fd
         buffer, view = self._buffer, self._view
-        drained = True  # the last read emptied the socket: wait for more before reading again
         while True:
             if fd is None:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             else:
                 # Straight from the socket: one task step per receive (trio's receive_some takes
                 # two, and a failed read with its exception whenever it finds nothing).
-                if drained:
-                    await trio.lowlevel.wait_readable(fd)
-                else:
-                    await trio.lowlevel.checkpoint()
+                await trio.lowlevel.wait_readable(fd)
                 try:
-                    size = os.readv(fd, (buffer,))
+                    data = view[:os.readv(fd, (buffer,))]
                 except BlockingIOError:
-                    drained = True
                     continue
-                drained = size < RECEIVE_SIZE
-                data = view[:size]
             if not self._take(data):
                 return
 
