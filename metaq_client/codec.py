@@ -255,6 +255,8 @@ class OutboxPy:
         return waiter
 
     def _queue(self, frame: bytes, opaque: int, entry: Any) -> None:
+        if self.closed:
+            raise self._closed_error()
         self.pending[opaque] = entry
         self.requests += 1
         self.out.append(frame)
@@ -267,8 +269,6 @@ class OutboxPy:
     def request(self, frame: bytes, opaque: int, put: Any = None) -> Any:
         """Queue ``frame`` (its opaque: ``opaque``) for the current task, which must await the
         returned ``Waiter`` right away (with ``put``, a ``result 200`` comes as a ``SendResult``)."""
-        if self.closed:
-            raise self._closed_error()
         waiter = self._waiter()
         waiter.pending = self.pending
         waiter.opaque = opaque
@@ -278,15 +278,11 @@ class OutboxPy:
 
     def put(self, topic: bytes, partition: int, body: bytes, attribute: bytes | None, put: Any) -> Any:
         """``request`` of ``put_frame(topic, partition, body, attribute, <a fresh opaque>)``."""
-        if self.closed:
-            raise self._closed_error()
         opaque = next_opaque()
         return self.request(put_frame(topic, partition, body, attribute, opaque), opaque, put)
 
     def submit(self, frame: bytes, opaque: int, entry: Any) -> None:
         """Queue ``frame`` with ``entry`` (``resolve(answer)``, ``fail(error)``) waiting for it."""
-        if self.closed:
-            raise self._closed_error()
         self._queue(frame, opaque, entry)
 
 

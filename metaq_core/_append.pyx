@@ -50,6 +50,20 @@ cdef inline double monotonic() noexcept nogil:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
+cdef inline bint data_well_formed(bytes data, int flag):
+    """Without an attribute (flag bit 0 clear), any data; with one, the data starts with the
+    attribute's int32 length, which fits in what follows. Anything else: the slow path, which
+    says what is wrong."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int32_t length
+    if not flag & 1:
+        return True
+    if n < 4:
+        return False
+    length = <int32_t>load_be32(<const unsigned char*>PyBytes_AS_STRING(data))
+    return 0 <= length <= n - 4
+
+
 cdef int write_record(int fd, unsigned char* header, const char* data, size_t n,
                       size_t* written) noexcept:
     """Write header + data (``header`` has room for COPY_MAX bytes after it), resuming after
@@ -141,8 +155,7 @@ cdef class DirectAppender:
         if type(data) is not bytes:
             return None
         n = PyBytes_GET_SIZE(data)
-        if flag & 1 and (n < 4 or <int32_t>load_be32(<const unsigned char*>PyBytes_AS_STRING(data)) < 0
-                         or <int32_t>load_be32(<const unsigned char*>PyBytes_AS_STRING(data)) > n - 4):
+        if not data_well_formed(data, flag):
             return None  # a malformed attribute block: the slow path says what is wrong
         size = HEADER_SIZE + n
         if size > self.max_record:
@@ -212,7 +225,6 @@ cdef class StoreAppends:
                     long long checksum=-1):
         """Append raw message data (attribute block + body, protocol §4.1) with its flag."""
         cdef PyObject* found = PyDict_GetItem(self.logs, (topic, partition))
-        cdef Py_ssize_t n
         if found != NULL:
             plog = <object>found
             direct = plog._direct
@@ -221,9 +233,7 @@ cdef class StoreAppends:
                 if done is not None:
                     return done
             elif plog.group_commit and type(data) is bytes:
-                n = PyBytes_GET_SIZE(data)
-                if not (flag & 1) or (n >= 4 and 0 <= <int32_t>load_be32(
-                        <const unsigned char*>PyBytes_AS_STRING(data)) <= n - 4):
+                if data_well_formed(data, flag):
                     latch = self.new_latch()
                     request = plog.submit(
                         [(data, flag, self.ids.next_id() if msg_id is None else msg_id, checksum)],

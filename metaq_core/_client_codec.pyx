@@ -551,6 +551,8 @@ cdef class Outbox:
         return <Waiter?>waiter
 
     cdef void _queue(self, bytes frame, object opaque, object entry) except *:
+        if self.closed:
+            raise self._closed_error()
         self.pending[opaque] = entry
         self.requests += 1
         self.out.append(frame)
@@ -560,11 +562,7 @@ cdef class Outbox:
         elif self.writer_task is not None:
             self._wake_writer()
 
-    def request(self, bytes frame not None, opaque, PutAnswers put=None):
-        """Queue ``frame`` (its opaque: ``opaque``) for the current task, which must await the
-        returned ``Waiter`` right away (with ``put``, a ``result 200`` comes as a ``SendResult``)."""
-        if self.closed:
-            raise self._closed_error()
+    cdef Waiter _request(self, bytes frame, object opaque, PutAnswers put):
         cdef Waiter waiter = self._waiter()
         waiter.pending = self.pending
         waiter.opaque = opaque
@@ -572,21 +570,16 @@ cdef class Outbox:
         self._queue(frame, opaque, waiter)
         return waiter
 
+    def request(self, bytes frame not None, opaque, PutAnswers put=None):
+        """Queue ``frame`` (its opaque: ``opaque``) for the current task, which must await the
+        returned ``Waiter`` right away (with ``put``, a ``result 200`` comes as a ``SendResult``)."""
+        return self._request(frame, opaque, put)
+
     def put(self, bytes topic not None, int partition, bytes body not None, bytes attribute, PutAnswers put):
         """``request`` of ``put_frame(topic, partition, body, attribute, <a fresh opaque>)``."""
-        if self.closed:
-            raise self._closed_error()
-        cdef Waiter waiter = self._waiter()
         cdef int opaque = _opaques.take()
-        frame = _put_frame(topic, partition, body, attribute, opaque)
-        waiter.pending = self.pending
-        waiter.opaque = opaque
-        waiter.put = put
-        self._queue(frame, waiter.opaque, waiter)
-        return waiter
+        return self._request(_put_frame(topic, partition, body, attribute, opaque), opaque, put)
 
     def submit(self, bytes frame not None, opaque, entry):
         """Queue ``frame`` with ``entry`` (``resolve(answer)``, ``fail(error)``) waiting for it."""
-        if self.closed:
-            raise self._closed_error()
         self._queue(frame, opaque, entry)
