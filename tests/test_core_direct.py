@@ -95,6 +95,14 @@ def test_large_records_and_segment_rolls_take_the_python_path(data_dir):
         assert seen == [bytes([i % 251]) * (100 + 37 * i) for i in range(60)] + [b"x" * 100_000]
 
 
+def run_threads(target, count: int) -> None:
+    """Run ``target(k)`` for k in 0..count-1, each in its own thread, and wait for all."""
+    workers = [threading.Thread(target=target, args=(k,)) for k in range(count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
 def test_concurrent_threads_append_contiguous_valid_records(data_dir):
     threads, each = 8, 1500
     results: list[list] = [[] for _ in range(threads)]
@@ -104,11 +112,7 @@ def test_concurrent_threads_append_contiguous_valid_records(data_dir):
             results[k].append(store.append_data("t", 0, b"%d:%d" % (k, i) * (1 + i % 7)))
 
     with LogStore(data_dir, unflush_threshold=50, unflush_interval=5) as store:
-        workers = [threading.Thread(target=appender, args=(k,)) for k in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        run_threads(appender, threads)
         stats = store.partition("t", 0).statistics()
         assert stats.records == threads * each
     placed = sorted((p for r in results for p in r), key=lambda p: p.offset)
@@ -247,11 +251,7 @@ def test_group_commit_append_data_from_threads_is_durable_when_answered(data_dir
         store.append_data("t", 0, b"first")
         with pytest.raises(InvalidMessageError):
             store.append_data("t", 0, struct.pack(">i", 99) + b"short", flag=1)
-        workers = [threading.Thread(target=appender, args=(k,)) for k in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        run_threads(appender, threads)
         stats = store.partition("t", 0).statistics()
         assert stats.records == threads * each + 1 and stats.max_batch > 1
     placed = sorted((p for r in results for p in r), key=lambda p: p.offset)
