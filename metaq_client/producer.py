@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from metaq_client.answers import text_of
-from metaq_client.codec import PutAnswers, put_frame, put_result, topic_token
-from metaq_client.connection import Connection, ConnectionPool, next_opaque
+from metaq_client.codec import Outbox, PutAnswers, put_frame, put_result, topic_token
+from metaq_client.connection import ConnectionPool, next_opaque
 from metaq_client.errors import BrokerError, NoPartitionError
 from metaq_client.lifecycle import NurseryOwner
 from metaq_client.listeners import invoke
@@ -52,7 +52,7 @@ class Producer(NurseryOwner):
         self._tokens: dict[str, bytes] = {}  # topic → its checked header token
         self._partitions: dict[int, dict[int, Partition]] = {}  # broker id → number → one shared Partition
         self._put_answers: dict[int, PutAnswers] = {}  # broker id → how its put answers become SendResults
-        self._conn: Connection | None = None  # the fixed route's connection, while it is open
+        self._outbox: Outbox | None = None  # the fixed route's connection's outbox, while it is open
         #: direct-connect without a topic map: every put goes to one URL with partition -1 and the
         #: broker picks (no selector, no default topic): (url, broker id), else None
         self.fixed_route: tuple[str, int] | None = (
@@ -78,13 +78,14 @@ class Producer(NurseryOwner):
             if type(attribute) is not str:
                 check_attribute(attribute)
             attribute = attribute.encode("utf-8")
-        conn = self._conn
-        if conn is None or conn.closed:
+        outbox = self._outbox
+        if outbox is None or outbox.closed:
             url = fixed[0]
-            conn = self._conn = self._pool.live_connection(url) or await self._pool.connection(url)
+            conn = self._pool.live_connection(url) or await self._pool.connection(url)
+            outbox = self._outbox = conn.outbox
         broker_id = fixed[1]
-        answer = await conn.outbox.put(token, -1, body, attribute,
-                                       self._put_answers.get(broker_id) or self._answers_of(broker_id))
+        answer = await outbox.put(token, -1, body, attribute,
+                                  self._put_answers.get(broker_id) or self._answers_of(broker_id))
         return answer if type(answer) is SendResult else self.result_of(answer, broker_id)
 
     async def send_message(self, message: Message, *,
