@@ -25,6 +25,7 @@ from libc.string cimport memcpy
 
 from metaq_core._crc cimport checksum_raw
 from metaq_core._record cimport HEADER_SIZE, load_be32, write_header
+from metaq_core._segment cimport give_gil_to_writers
 
 from metaq_core._segment import BatchWriteError
 
@@ -42,6 +43,12 @@ DIRECT_MAX = 64 * 1024
 #: Records up to this size are copied behind their header and written with one ``write``.
 cdef enum:
     COPY_MAX = 2048
+
+cdef enum:
+    HAND_OVER_NS = 200000   # how long an event loop's append waits for a woken writer at most
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -112,6 +119,9 @@ cdef class DirectAppender:
     cdef long long max_segment
     cdef long long max_record
     cdef double interval         # seconds; <= 0: no interval
+    #: Set when an event loop's append woke the writer thread for a due sync; the writer clears
+    #: it once it holds the GIL (``PartitionLog._sync_and_roll``). See ``hand_over``.
+    cdef public bint writer_due
     #: What this path appended (one record per append and per batch); the log adds these to
     #: its own counters in ``statistics()``.
     cdef readonly long long records
@@ -131,6 +141,20 @@ cdef class DirectAppender:
         self.max_segment = max_segment
         self.max_record = max_record if max_record < DIRECT_MAX else DIRECT_MAX
         self.interval = interval_s
+
+    cdef void hand_over(self) noexcept:
+        """Release the GIL until the writer woken for a sync has taken it (it clears
+        ``writer_due``), for at most HAND_OVER_NS; then it is up to the writer."""
+        cdef timespec start, now
+        with nogil:
+            clock_gettime(CLOCK_MONOTONIC, &start)
+            while self.writer_due:
+                sched_yield()
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                if ((now.tv_sec - start.tv_sec) * 1000000000
+                        + (now.tv_nsec - start.tv_nsec)) > HAND_OVER_NS:
+                    break
+        self.writer_due = False
 
     def append(self, data, int flag, msg_id, long long checksum, ids, bint defer=False):
         """Write one record now and return its Appended, or None (nothing touched) when the
@@ -160,6 +184,14 @@ cdef class DirectAppender:
         size = HEADER_SIZE + n
         if size > self.max_record:
             return None
+        if defer:
+            # An event loop holds the GIL all but constantly: a writer thread woken for a sync,
+            # or back from its fdatasync, would wait for it up to the 5 ms switch interval,
+            # while these appends ran on past twice the threshold into the queued path (every
+            # task then stalls for a round). A flag and an atomic read when no writer waits.
+            if self.writer_due:
+                self.hand_over()
+            give_gil_to_writers()
         plog = self.plog
         if not plog._accepting or self.lock_locked():
             return None
@@ -199,6 +231,8 @@ cdef class DirectAppender:
         self.nbytes += size
         if kick:
             self.kick(kick == 2)
+            if kick == 2 and defer:
+                self.writer_due = True
         return self.tuple_new(self.appended, (tail.start + before, mid, size))
 
 

@@ -34,14 +34,21 @@ cdef enum:
 
 
 def yield_to_writers() -> bool:
-    """Let a writer thread that waits for the GIL after a group commit's fdatasync have it now.
+    """Let a writer thread that waits for the GIL after an fdatasync have it now.
 
     An event loop thread holds the GIL almost all the time and gives it up only for short
     system calls, which a woken thread rarely catches: a writer thread then waited ~0.1 ms on
-    average (up to ~1 ms) after each fdatasync before it could answer the round and start the
-    next one. A busy event loop calls this at moments it can pause (the broker: after each
-    receive); when a writer is waiting, it releases the GIL until that writer has taken it
-    (at most 0.2 ms) and returns True. Without a waiting writer it costs one atomic read."""
+    average (up to ~1 ms, or the interpreter's 5 ms switch interval) after each fdatasync before
+    it could answer the round and start the next one. A busy event loop calls this at moments
+    it can pause (the broker: after each receive; threshold-mode direct appends from an event
+    loop: before each write); when a writer is waiting, it releases the GIL until that writer
+    has taken it (at most 0.2 ms) and returns True. Without a waiting writer it costs one
+    atomic read."""
+    return give_gil_to_writers()
+
+
+cdef bint give_gil_to_writers() noexcept:
+    """``yield_to_writers`` for compiled callers (which hold the GIL)."""
     cdef timespec start, now
     if not metaq_waiting():
         return False
@@ -220,6 +227,8 @@ def datasync(int fd) -> None:
     cdef int r
     with nogil:
         r = fdatasync(fd)
+        metaq_waiting_add(1)   # the GIL comes next: see yield_to_writers
+    metaq_waiting_add(-1)
     if r != 0:
         raise OSError(errno, _strerror(errno))
 

@@ -562,6 +562,9 @@ class PartitionLog:
                                 and self._unflushed > self.settings.unflush_threshold)
 
     def _sync_and_roll(self) -> None:
+        direct = self._direct
+        if direct is not None:
+            direct.writer_due = False  # an event loop waiting to hand us the GIL: we have it
         with self._write_lock:
             if self._failure is not None:
                 return

@@ -234,6 +234,65 @@ def test_syncs_left_to_the_writer_thread_cover_every_record(data_dir):
         assert stats.message_count == 16 * 400 and stats.recovered_bytes_truncated == 0
 
 
+@pytest.mark.skipif(not COMPILED, reason="the direct path is compiled only")
+def test_a_busy_event_loop_hands_the_gil_to_the_writer_for_each_due_sync(data_dir):
+    """An event loop that never blocks: with a 10 s switch interval the writer thread, woken
+    for a due sync and back from its fdatasync, gets the GIL only when the appends hand it
+    over. Without that, every cycle ran on to twice the threshold and into the queued path
+    (the loop then waits for a round): about one sync per two thresholds. The threshold is
+    large enough for an fdatasync to end within that many appends. Retried: the hand-over waits
+    for the woken writer at most 0.2 ms, which a loaded machine may miss."""
+    import sys
+
+    import trio
+
+    threshold, appends = 1000, 1000 * 40
+
+    async def main(store) -> None:
+        with trio.move_on_after(10):  # without the hand-over: a 10 s wait per cycle
+            for i in range(appends):
+                await store.append_async("t", 0, b"%d" % i)
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    try:
+        outcomes = []
+        for attempt in range(3):
+            path = os.path.join(data_dir, str(attempt))
+            with LogStore(path, unflush_threshold=threshold, unflush_interval=0) as store:
+                trio.run(main, store)
+                plog = store.partition("t", 0)
+                stats = plog.statistics()
+                outcomes.append((stats.records, plog._counters["appends"], stats.syncs,
+                                 plog._direct.writer_due))
+            records, queued, syncs, _due = outcomes[-1]
+            if records == appends and queued <= 3 and syncs >= 30:
+                break
+    finally:
+        sys.setswitchinterval(old_interval)
+    records, queued, syncs, writer_due = outcomes[-1]
+    assert records == appends, outcomes  # all in well under 10 s
+    assert queued <= 3, outcomes     # the appends took the direct path, not the queued one
+    assert syncs >= 30, outcomes     # about one sync per threshold (40), not per two (20)
+    assert writer_due is False
+
+
+@pytest.mark.skipif(not COMPILED, reason="the direct path is compiled only")
+def test_a_writer_that_never_comes_costs_one_bounded_wait(data_dir):
+    import time
+
+    import trio
+
+    with LogStore(data_dir, unflush_threshold=1000) as store:
+        trio.run(store.append_async, "t", 0, b"first")
+        direct = store.partition("t", 0)._direct
+        direct.writer_due = True  # as if a writer had been woken, and none takes the GIL
+        start = time.monotonic()
+        placed = trio.run(store.append_async, "t", 0, b"second")
+        assert time.monotonic() - start < 1.0
+        assert direct.writer_due is False and placed.offset == 20 + len(b"first")
+
+
 def test_group_commit_append_data_from_threads_is_durable_when_answered(data_dir):
     threads, each = 24, 40
     results: list[list] = [[] for _ in range(threads)]
