@@ -24,11 +24,6 @@ cdef inline int64_t wall_ms() noexcept nogil:
 cdef class IdGenerator:
     """Issues ids for one broker id; ``clock`` (ms, or None for the wall clock) is for tests."""
 
-    cdef readonly int broker_id
-    cdef object _clock
-    cdef int64_t _last_ms
-    cdef int _sequence
-
     def __init__(self, int broker_id, clock=None):
         self.broker_id = broker_id
         self._clock = clock
@@ -41,6 +36,10 @@ cdef class IdGenerator:
         return self._clock()
 
     def next_id(self):
+        return self.take()
+
+    cdef int64_t take(self) except? -1:
+        """``next_id`` for compiled callers."""
         cdef int64_t now = self._now()
         if now < self._last_ms:
             raise ClockBackwardsError(
