@@ -51,7 +51,10 @@ log = logging.getLogger("metaq.store")
 
 LOCK_FILE = ".metaq-store.lock"
 #: Threshold-mode ``append_async``: a scheduling point after this many direct appends (see there).
-DIRECT_YIELD_EVERY = 16
+#: A task appending in a loop then holds the event loop for about 0.1 ms at a time; 64 rather
+#: than 16 made 64 tasks × 100 B appends 5-13 % faster (three alternating pairs), the task
+#: switch being paid once per 64 records.
+DIRECT_YIELD_EVERY = 64
 
 
 @attrs.frozen
