@@ -133,7 +133,7 @@ cdef class DirectAppender:
     cdef object appended         # the Appended class (a tuple subclass)
     cdef object view             # the log's ``_view`` the three below were taken from
     cdef object tail             # its last segment
-    cdef int tail_fd             # the tail's descriptor (-1: none open)
+    cdef int tail_fd             # the tail's descriptor
     cdef long long tail_start    # the tail's start offset
     cdef long long threshold
     cdef long long max_segment
