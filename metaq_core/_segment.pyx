@@ -12,6 +12,7 @@ from libc.stdlib cimport free, malloc, realloc
 from posix.types cimport off_t
 
 from metaq_core._crc cimport checksum_raw
+from metaq_core._latch cimport Wakeups
 from metaq_core._record cimport (HEADER_SIZE, SCAN_CLEAN, SCAN_CORRUPT, SCAN_PARTIAL, load_be32,
                                  scan_raw, write_header)
 
@@ -123,8 +124,10 @@ cdef int _writev_all(int fd, iovec* iov, int count, size_t* written) noexcept no
     return 0
 
 
-def append_records(int fd, list items, bint sync=False) -> list:
+def append_records(int fd, list items, bint sync=False, Wakeups wake=None) -> list:
     """Append records to ``fd`` with vectored writes, computing headers and checksums unlocked.
+
+    ``wake``: the latches of the previous round, opened first thing in the GIL-free stretch.
 
     ``items`` is a list of (data: bytes, flag, msg_id, checksum) — checksum -1 means compute it.
     With ``sync`` the file is also fdatasync'ed in the same unlocked stretch (one GIL hand-off
@@ -178,6 +181,8 @@ def append_records(int fd, list items, bint sync=False) -> list:
             sizes[i] = HEADER_SIZE + lengths[i]
         # `items` holds a reference to every data object, so the pointers stay valid unlocked.
         with nogil:
+            if wake is not None:
+                wake.open_all()
             for i in range(n):
                 if need[i]:
                     crcs[i] = checksum_raw(<const unsigned char*>iov[2 * i + 1].iov_base,

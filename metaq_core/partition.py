@@ -7,7 +7,8 @@ arrival order, under one of the two flush policies of §1.8:
 * group commit (``unflush_threshold <= 0``): the writer takes everything queued (up to
   ``min(max_transfer_size, 512 KiB)`` bytes), writes it with one vectored write, makes it durable
   with one fdatasync, then answers every waiting append. An append returns once its record is
-  on disk.
+  on disk. Blocking appenders of a round are woken by the next round's write, without the GIL,
+  when that round is already queued (``_latch.Wakeups``).
 * threshold (``unflush_threshold > 0``): appends are answered once written to the file (page
   cache); fdatasync runs when more than ``unflush_threshold`` appends are unflushed, when
   ``unflush_interval`` ms have passed, and periodically at that interval. A blocking caller
@@ -47,8 +48,9 @@ from metaq_core.segment import Segment, create_segment, sync_directory
 
 if os.environ.get("METAQ_PURE_PYTHON") == "1":
     _append = None  # the pure twin: every append takes the Python path
+    _latch = None   # ... and waits on _thread locks, released by the writer with the GIL
 else:
-    from metaq_core import _append
+    from metaq_core import _append, _latch
 
 log = logging.getLogger("metaq.store")
 
@@ -150,8 +152,9 @@ class Sink:
 
 
 class ThreadSink(Sink):
-    """Completion for blocking callers: each request's waiter is a lock held until it is answered
-    (the cheapest one-shot latch CPython has)."""
+    """Completion for blocking callers: each request's waiter is a latch (``new_latch``) held
+    until it is answered. (A group-commit round with the next one queued is not delivered here:
+    the writer opens its latches with that round's write, see ``_answer``.)"""
 
     def deliver(self, requests: list[AppendRequest]) -> None:
         for request in requests:
@@ -161,10 +164,15 @@ class ThreadSink(Sink):
 THREAD_SINK = ThreadSink()
 
 
-def new_latch() -> _thread.LockType:
+def _new_lock_latch() -> _thread.LockType:
     latch = _thread.allocate_lock()
     latch.acquire()
     return latch
+
+
+#: A closed one-shot latch (``acquire()`` waits until ``release()``): the compiled ``Latch``,
+#: whose rounds the writer opens without the GIL (see ``_answer``), or a ``_thread`` lock.
+new_latch = _latch.Latch if _latch is not None else _new_lock_latch
 
 
 class AppendRequest:
@@ -237,6 +245,7 @@ class PartitionLog:
         self._upkeep_due = False  # append_nowait left a sync or a roll to the writer thread
         self._kicked = False      # the writer was woken for the queue and has not taken it yet
         self._handoff_at = 1 << 62  # queued appends at which submit hands the writer the GIL
+        self._wake = None  # _latch.Wakeups of the last round, opened by the next round's write
         self._last_flush = time.monotonic()
         self._retired: list[Segment] = []
         self._counters = collections.Counter()
@@ -529,14 +538,19 @@ class PartitionLog:
 
     def _writer_main(self) -> None:
         while True:
+            wake = None
             with self._cond:
-                while not self._queue and not self._closing and not self._upkeep_due:
+                while (not self._queue and not self._closing and not self._upkeep_due
+                       and self._wake is None):
                     due = self._flush_due_in()
                     if due is not None and due <= 0:
                         break
                     self._cond.wait(due)
                 if not self._queue:
-                    if self._closing:
+                    # Wake-ups left for a round that is no longer queued (a failure emptied the
+                    # queue): opened before anything else.
+                    wake, self._wake = self._wake, None
+                    if wake is None and self._closing:
                         break
                     batch = []
                 else:
@@ -544,7 +558,9 @@ class PartitionLog:
                     self._kicked = False
                     self._handoff_at = (len(batch) // 2 if self.group_commit and len(batch) >= HANDOFF_MIN_ROUND
                                         else 1 << 62)
-            if batch:
+            if wake is not None:
+                wake.open()
+            elif batch:
                 self._write_batch(batch)
             else:
                 self._periodic_flush()
@@ -614,6 +630,14 @@ class PartitionLog:
         self._message_count += records
 
     def _write_batch(self, batch: list[AppendRequest]) -> None:
+        wake, self._wake = self._wake, None
+        try:
+            self._write_batch_waking(batch, wake)
+        finally:
+            if wake is not None:
+                wake.open()  # if the write did not (nothing to write, or it failed first)
+
+    def _write_batch_waking(self, batch: list[AppendRequest], wake: object) -> None:
         with self._write_lock:
             if self._failure is not None:
                 self._answer(batch, self._failure)
@@ -625,7 +649,7 @@ class PartitionLog:
             try:
                 synced = False
                 if items:  # group commit: write and fdatasync in one call
-                    _segment.append_records(tail.fileno(), items, self.group_commit)
+                    _segment.append_records(tail.fileno(), items, self.group_commit, wake)
                     synced = self.group_commit
                 position = tail.start + before
                 for request in batch:
@@ -663,6 +687,13 @@ class PartitionLog:
                 request.error = error
         sink = batch[0].sink if batch else None
         if sink is not None and all(r.sink is sink for r in batch):  # the usual case: one sink
+            if sink is THREAD_SINK and error is None and _latch is not None and self._queue:
+                # Blocking appenders, and the next round already queued: their latches are
+                # opened by that round's write, without the GIL, instead of now, with it (a
+                # futex wake each, tens of µs a round, while every woken appender queued for
+                # the GIL this thread held). 64 threads × 100 B: 50-52k → 74-80k appends/s.
+                self._wake = _latch.Wakeups(batch)
+                return
             try:
                 sink.deliver(batch)
             except Exception:

@@ -48,9 +48,9 @@ def main() -> None:
     failing: list[dict] = []
     real_append = _segment.append_records
 
-    def recording_append(fd, items, sync=False):
+    def recording_append(fd, items, sync=False, wake=None):
         try:
-            return real_append(fd, items, sync)
+            return real_append(fd, items, sync, wake)
         except _segment.BatchWriteError as exc:
             failing.append({
                 "tags": [tag_of(item[0]) for item in items],

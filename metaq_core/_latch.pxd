@@ -1,0 +1,14 @@
+# Latches of blocking appenders; see _latch.pyx.
+from cpython.pythread cimport PyThread_type_lock
+
+
+cdef class Latch:
+    cdef PyThread_type_lock lock
+
+
+cdef class Wakeups:
+    cdef PyThread_type_lock* locks
+    cdef Py_ssize_t count
+    cdef list keep
+
+    cdef void open_all(self) noexcept nogil
