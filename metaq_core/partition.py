@@ -246,6 +246,7 @@ class PartitionLog:
         self._kicked = False      # the writer was woken for the queue and has not taken it yet
         self._handoff_at = 1 << 62  # queued appends at which submit hands the writer the GIL
         self._wake = None  # _latch.Wakeups of the last round, opened by the next round's write
+        self._batch: list[AppendRequest] = []  # the round the writer is on
         self._last_flush = time.monotonic()
         self._retired: list[Segment] = []
         self._counters = collections.Counter()
@@ -537,6 +538,34 @@ class PartitionLog:
         return self._last_flush + self.settings.unflush_interval / 1000.0 - time.monotonic()
 
     def _writer_main(self) -> None:
+        try:
+            self._writer_loop()
+        except BaseException as exc:  # a bug, not an I/O error (those fail the log in place)
+            self._writer_died(exc)  # logs the traceback
+
+    def _writer_died(self, exc: BaseException) -> None:
+        """The writer thread is ending on an unexpected exception: fail the log (read-only, as
+        after an I/O error) and answer everything it held or was queued with that error, so
+        that no appender waits for a writer that is gone."""
+        log.critical("%s: the writer thread failed; the partition is now read-only",
+                     self.name, exc_info=exc)
+        error = StorageIOError(f"{self.name}: the writer thread failed: {exc!r}")
+        error.__cause__ = exc
+        with self._cond:
+            if self._failure is None:
+                self._failure = error
+            self._accepting = False
+            held, self._batch = self._batch, []
+            pending = list(self._queue)
+            self._queue.clear()
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.open()
+        unanswered = [r for r in held + pending if r.offset < 0 and r.error is None]
+        if unanswered:
+            self._answer(unanswered, self._failure)
+
+    def _writer_loop(self) -> None:
         while True:
             wake = None
             with self._cond:
@@ -561,7 +590,9 @@ class PartitionLog:
             if wake is not None:
                 wake.open()
             elif batch:
+                self._batch = batch  # for _writer_died
                 self._write_batch(batch)
+                self._batch = []
             else:
                 self._periodic_flush()
         self._periodic_flush()

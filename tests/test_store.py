@@ -598,3 +598,45 @@ class LogModel(RuleBasedStateMachine):
 TestLogModel = LogModel.TestCase
 TestLogModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
                                  suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("threshold", [0, 1000], ids=["group-commit", "threshold"])
+def test_a_writer_thread_that_fails_unexpectedly_fails_the_log_and_answers_every_waiter(
+        data_dir, monkeypatch, threshold):
+    """Not an I/O error but a bug (here: the batch write raises TypeError). Every append the
+    writer held or had queued is answered with a StorageIOError instead of waiting for a writer
+    that is gone, and the log refuses later appends."""
+    from metaq_core import StorageIOError, partition
+
+    with LogStore(data_dir, unflush_threshold=threshold) as store:
+        store.append("t", 0, b"before")
+        plog = store.partition("t", 0)
+
+        def broken(*args, **kwargs):
+            raise TypeError("a bug in the batch write")
+
+        monkeypatch.setattr(partition._segment, "append_records", broken)
+        errors: list[BaseException | None] = []
+
+        def appender(k: int) -> None:  # what append_many and append_async do: queue and wait
+            latch = partition.new_latch()
+            try:
+                request = plog.submit([(b"%d" % k, 0, k + 1, -1)], partition.THREAD_SINK, latch)
+            except StorageIOError as exc:  # the log had failed already
+                errors.append(exc)
+                return
+            latch.acquire()
+            errors.append(request.error)
+
+        threads = [threading.Thread(target=appender, args=(k,), daemon=True) for k in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads)  # nobody is left waiting
+        assert len(errors) == 8
+        assert all(isinstance(e, StorageIOError) for e in errors), errors
+        assert all("writer thread failed" in str(e) for e in errors), errors
+        with pytest.raises(StorageIOError):
+            store.append("t", 0, b"after")
