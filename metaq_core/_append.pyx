@@ -27,7 +27,7 @@ from libc.string cimport memcpy
 from metaq_core._crc cimport checksum_raw
 from metaq_core._ids cimport IdGenerator
 from metaq_core._record cimport HEADER_SIZE, load_be32, write_header
-from metaq_core._segment cimport give_gil_to_writers
+from metaq_core._segment cimport give_gil_to_writers, wait_while_set
 
 from metaq_core._segment import BatchWriteError
 
@@ -48,9 +48,6 @@ cdef enum:
 
 cdef enum:
     HAND_OVER_NS = 200000   # how long an event loop's append waits for a woken writer at most
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 
 cdef extern from *:
     """
@@ -167,15 +164,8 @@ cdef class DirectAppender:
     cdef void hand_over(self) noexcept:
         """Release the GIL until the writer woken for a sync has taken it (it clears
         ``writer_due``), for at most HAND_OVER_NS; then it is up to the writer."""
-        cdef timespec start, now
         with nogil:
-            clock_gettime(CLOCK_MONOTONIC, &start)
-            while self.writer_due:
-                sched_yield()
-                clock_gettime(CLOCK_MONOTONIC, &now)
-                if ((now.tv_sec - start.tv_sec) * 1000000000
-                        + (now.tv_nsec - start.tv_nsec)) > HAND_OVER_NS:
-                    break
+            wait_while_set(<const int*>&self.writer_due, HAND_OVER_NS)  # (a bint is a C int)
         self.writer_due = False
 
     def append(self, data, int flag, msg_id, long long checksum, ids, bint defer=False):
@@ -259,7 +249,7 @@ cdef class DirectAppender:
             self.kick(kick == 2)
             if kick == 2 and defer:
                 self.writer_due = True
-        return self.placed(self.tail_start + before, mid, size)
+        return new_triple(self.appended, self.tail_start + before, mid, size)
 
     cdef bint take_tail(self, view) except -1:
         """Remember the tail of the log's segment view (it changes only under the write lock,
@@ -274,9 +264,6 @@ cdef class DirectAppender:
         self.tail_start = tail.start
         self.view = view
         return True
-
-    cdef inline object placed(self, long long offset, long long msg_id, long long size):
-        return new_triple(self.appended, offset, msg_id, size)
 
 
 cdef class StoreAppends:

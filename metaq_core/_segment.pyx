@@ -21,9 +21,12 @@ cdef extern from *:
     static int metaq_writers_waiting = 0;
     static inline void metaq_waiting_add(int v) { __atomic_add_fetch(&metaq_writers_waiting, v, __ATOMIC_ACQ_REL); }
     static inline int metaq_waiting(void) { return __atomic_load_n(&metaq_writers_waiting, __ATOMIC_ACQUIRE); }
+    static inline int metaq_load(const int* flag) { return __atomic_load_n(flag, __ATOMIC_ACQUIRE); }
     """
+    int metaq_writers_waiting
     void metaq_waiting_add(int v) nogil
     int metaq_waiting() nogil
+    int metaq_load(const int* flag) nogil
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -50,17 +53,23 @@ def yield_to_writers() -> bool:
 
 cdef bint give_gil_to_writers() noexcept:
     """``yield_to_writers`` for compiled callers (which hold the GIL)."""
-    cdef timespec start, now
     if not metaq_waiting():
         return False
     with nogil:
-        clock_gettime(CLOCK_MONOTONIC, &start)
-        while metaq_waiting():
-            sched_yield()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            if (now.tv_sec - start.tv_sec) * 1000000000 + (now.tv_nsec - start.tv_nsec) > YIELD_LIMIT_NS:
-                break
+        wait_while_set(&metaq_writers_waiting, YIELD_LIMIT_NS)
     return True
+
+
+cdef void wait_while_set(const int* flag, long long limit_ns) noexcept nogil:
+    """Yield the CPU while ``*flag`` (set and cleared by other threads) is non-zero, for at most
+    ``limit_ns``. For a caller that released the GIL for a thread that is to take it."""
+    cdef timespec start, now
+    clock_gettime(CLOCK_MONOTONIC, &start)
+    while metaq_load(flag):
+        sched_yield()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        if (now.tv_sec - start.tv_sec) * 1000000000 + (now.tv_nsec - start.tv_nsec) > limit_ns:
+            break
 
 
 cdef extern from "<sys/uio.h>" nogil:
