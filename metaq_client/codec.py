@@ -158,12 +158,16 @@ class WaiterPy:
     (trio's ``reschedule``) as the task's outcome. ``await waiter`` yields ``trap`` to the event
     loop once (trio: ``WaitTaskRescheduled(waiter.abort)``) and returns the answer or raises the
     error. ``abort`` (the wait was cancelled) forgets the request and returns ``aborted`` (trio:
-    ``Abort.SUCCEEDED``). A task reuses its waiter for its next request."""
+    ``Abort.SUCCEEDED``). A task reuses its waiter for its next request. It holds its task only
+    while a request is outstanding (see the compiled ``Waiter``: no reference cycle through the
+    task's context); ``owner`` is the ``id`` of the task it belongs to."""
 
-    __slots__ = ("task", "wake", "aborted", "trap", "answer", "error", "pending", "opaque", "put")
+    __slots__ = ("task", "owner", "wake", "aborted", "trap", "answer", "error", "pending", "opaque", "put",
+                 "__weakref__")
 
     def __init__(self, task: Any, wake: Any, aborted: Any) -> None:
         self.task = task
+        self.owner = id(task)
         self.wake = wake
         self.aborted = aborted
         self.trap: Any = None
@@ -176,13 +180,15 @@ class WaiterPy:
     def resolve(self, answer: Any) -> None:
         """The answer came: wake the task (``await`` returns ``answer``)."""
         self.answer = answer
-        self.wake(self.task, self)
+        task, self.task = self.task, None
+        self.wake(task, self)
 
     def fail(self, error: BaseException) -> None:
         """The request failed: wake the task (``await`` raises ``error``)."""
         self.answer = None
         self.error = error
-        self.wake(self.task, self)
+        task, self.task = self.task, None
+        self.wake(task, self)
 
     def unwrap(self) -> Any:
         """The outcome protocol: the answer, or raise the error."""
@@ -194,6 +200,7 @@ class WaiterPy:
         """The wait was cancelled: an answer arriving later finds nobody (``pending`` forgets it)."""
         if self.pending is not None:
             self.pending.pop(self.opaque, None)
+        self.task = None
         return self.aborted
 
     def __await__(self) -> Any:
@@ -250,8 +257,9 @@ class OutboxPy:
     def _waiter(self) -> Any:
         task = self._current_task()
         waiter = self._waiters.get(None)
-        if waiter is None or waiter.task is not task:
+        if waiter is None or waiter.owner != id(task):
             waiter = self._new_waiter(task)
+        waiter.task = task
         return waiter
 
     def _queue(self, frame: bytes, opaque: int, entry: Any) -> None:

@@ -18,6 +18,8 @@ import contextvars
 import logging
 import os
 import urllib.parse
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -83,13 +85,20 @@ class _Counters:
 _TASK_WAITER: contextvars.ContextVar[Any] = contextvars.ContextVar("metaq_client_waiter")
 
 
+def _weak_abort(waiter: weakref.ref) -> Callable[[Any], Any]:
+    def abort(raise_cancel: Any) -> Any:
+        return waiter().abort(raise_cancel)  # alive: its task awaits it
+    return abort
+
+
 def new_task_waiter(task: trio.lowlevel.Task) -> Waiter:
     """A ``Waiter`` for the current task ``task``, kept in its context for its next requests (a
     task waits for one answer at a time; ``Outbox`` finds it there, and makes a new one when the
     context's is another task's: a child task inherits its parent's context)."""
     waiter = Waiter(task, trio.lowlevel.reschedule, trio.lowlevel.Abort.SUCCEEDED)
-    # what ``wait_task_rescheduled(waiter.abort)`` yields to the run loop, made once
-    trap = trio.lowlevel.wait_task_rescheduled(waiter.abort)
+    # what ``wait_task_rescheduled(abort)`` yields to the run loop, made once; its abort reaches
+    # the waiter through a weak reference (a bound method would make a cycle through ``trap``)
+    trap = trio.lowlevel.wait_task_rescheduled(_weak_abort(weakref.ref(waiter)))
     waiter.trap = trap.send(None)
     trap.close()
     _TASK_WAITER.set(waiter)

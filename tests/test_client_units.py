@@ -339,22 +339,28 @@ def test_a_task_reuses_its_waiter_for_answers_errors_and_cancellation(implementa
     seen: list = []
 
     async def requester():
-        waiter = waiter_of(trio.lowlevel.current_task())
-        for opaque in (1, 2):
-            waiter.pending, waiter.opaque = pending, opaque
+        task = trio.lowlevel.current_task()
+        waiter = waiter_of(task)
+        assert waiter.owner == id(task)
+
+        def queue(opaque):  # what the Outbox does for each request
+            waiter.task, waiter.pending, waiter.opaque = task, pending, opaque
             pending[opaque] = waiter
+
+        for opaque in (1, 2):
+            queue(opaque)
             seen.append(await waiter)
-        waiter.opaque = 3
-        pending[3] = waiter
+            assert waiter.task is None  # woken: the task is not held between requests
+        queue(3)
         with pytest.raises(ConnectionError, match="gone"):
             await waiter
-        pending[4] = waiter
-        waiter.opaque = 4
+        assert waiter.task is None
+        queue(4)
         with trio.move_on_after(0.01) as scope:
             await waiter
         assert scope.cancelled_caught and 4 not in pending  # the abort forgot the request
-        pending[5] = waiter
-        waiter.opaque = 5
+        assert waiter.task is None
+        queue(5)
         seen.append(await waiter)
 
     async def main():
