@@ -12,7 +12,8 @@ from libc.stdlib cimport free, malloc, realloc
 from posix.types cimport off_t
 
 from metaq_core._crc cimport checksum_raw
-from metaq_core._latch cimport Wakeups
+from cpython.pythread cimport PY_LOCK_ACQUIRED, PyThread_type_lock
+from metaq_core._latch cimport Latch, Wakeups
 from metaq_core._record cimport (HEADER_SIZE, SCAN_CLEAN, SCAN_CORRUPT, SCAN_PARTIAL, load_be32,
                                  scan_raw, write_header)
 
@@ -27,6 +28,10 @@ cdef extern from *:
     void metaq_waiting_add(int v) nogil
     int metaq_waiting() nogil
     int metaq_load(const int* flag) nogil
+
+cdef extern from "pythread.h":
+    int PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                    int intr_flag) nogil
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -58,6 +63,27 @@ cdef bint give_gil_to_writers() noexcept:
     with nogil:
         wait_while_set(&metaq_writers_waiting, YIELD_LIMIT_NS)
     return True
+
+
+cdef class WriterLatch(Latch):
+    """The latch an idle writer thread sleeps on (``threading.Condition``'s waiter lock, in
+    ``partition._WriterCondition``): once woken, the writer is marked as waiting for the GIL
+    before it asks for it, so that a busy event loop hands it over (``yield_to_writers``)
+    instead of keeping it until the loop goes idle."""
+
+    def acquire(self, bint blocking=True, double timeout=-1) -> bool:
+        """Wait until released (at most ``timeout`` seconds when it is not negative; not at
+        all unless ``blocking``): True if it was released. Signals are not handled meanwhile
+        (writer threads are never the main thread)."""
+        cdef long long microseconds = -1 if timeout < 0 else <long long>(timeout * 1e6)
+        cdef int r
+        if not blocking:
+            microseconds = 0
+        with nogil:
+            r = PyThread_acquire_lock_timed(self.lock, microseconds, 0)
+            metaq_waiting_add(1)   # the GIL comes next: see yield_to_writers
+        metaq_waiting_add(-1)
+        return r == PY_LOCK_ACQUIRED
 
 
 cdef void wait_while_set(const int* flag, long long limit_ns) noexcept nogil:

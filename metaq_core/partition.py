@@ -175,6 +175,39 @@ def _new_lock_latch() -> _thread.LockType:
 new_latch = _latch.Latch if _latch is not None else _new_lock_latch
 
 
+class _WriterCondition(threading.Condition):
+    """The condition the writer thread sleeps on while idle. Its ``wait`` is
+    ``threading.Condition.wait`` with a ``_segment.WriterLatch`` for the waiter lock: the woken
+    writer is marked as waiting for the GIL, so an event loop that calls ``yield_to_writers``
+    (the broker's connection readers, after each receive) hands it over rather than keeping it
+    until the loop goes idle."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._is_owned():  # type: ignore[attr-defined]
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _segment.WriterLatch()
+        self._waiters.append(waiter)  # type: ignore[attr-defined]
+        saved = self._release_save()  # type: ignore[attr-defined]
+        released = False
+        try:
+            if timeout is None:
+                released = waiter.acquire()
+            else:
+                released = waiter.acquire(timeout > 0, timeout)
+            return released
+        finally:
+            self._acquire_restore(saved)  # type: ignore[attr-defined]
+            if not released:
+                try:
+                    self._waiters.remove(waiter)  # type: ignore[attr-defined]
+                except ValueError:
+                    pass
+
+
+#: The writer's condition (over the queue lock): ``_WriterCondition`` when compiled.
+new_writer_condition = _WriterCondition if _latch is not None else threading.Condition
+
+
 class AppendRequest:
     """One append call: one or more records written contiguously, answered together.
 
@@ -231,7 +264,7 @@ class PartitionLog:
         self.group_commit = settings.group_commit
         self._view: tuple[list[int], list[Segment]] = ([], [])
         self._queue_lock = threading.Lock()  # guards the queue and the writer thread
-        self._cond = threading.Condition(self._queue_lock)
+        self._cond = new_writer_condition(self._queue_lock)
         self._max_record = settings.max_transfer_size
         self._accepting = not read_only  # false once closing, closed or failed: submit looks closer
         self._write_lock = threading.Lock()  # guards the files and the segment list

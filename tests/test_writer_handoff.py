@@ -1,5 +1,6 @@
 """The GIL hand-off from a busy event loop to a writer thread after its fdatasync
-(``_segment.yield_to_writers``, called by the broker's connection readers after each receive)."""
+(``_segment.yield_to_writers``, called by the broker's connection readers after each receive), and
+from the condition an idle writer sleeps on once it is notified."""
 
 from __future__ import annotations
 
@@ -47,3 +48,52 @@ def test_a_writer_waiting_after_its_fdatasync_gets_the_gil_from_a_busy_thread(tm
     finally:
         sys.setswitchinterval(old_interval)
         os.close(fd)
+
+
+def test_a_writer_latch_times_out_or_opens():
+    latch = _segment.WriterLatch()
+    started = time.monotonic()
+    assert latch.acquire(True, 0.05) is False
+    assert time.monotonic() - started >= 0.04
+    assert latch.acquire(False) is False
+    latch.release()
+    assert latch.acquire(True, 5.0) is True
+
+
+def test_an_idle_writer_woken_from_its_condition_gets_the_gil_from_a_busy_thread():
+    """The partition writer sleeps on ``_WriterCondition``: once notified it is marked as waiting
+    for the GIL, so the busy thread that notified it hands the GIL over through
+    ``yield_to_writers`` (with a plain ``threading.Condition`` the writer would wait until this
+    thread blocks, or for the switch interval)."""
+    from metaq_core.partition import _WriterCondition
+
+    cond = _WriterCondition(threading.Lock())
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)  # the writer can only get the GIL by hand-over
+    try:
+        woken: list[float] = []
+        ready = threading.Event()
+
+        def writer() -> None:
+            with cond:
+                ready.set()
+                woken.append(cond.wait(30.0))
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        ready.wait()
+        with cond:  # the writer is in its wait once the lock is free again
+            cond.notify()
+        handed_over = 0
+        deadline = time.monotonic() + 20.0
+        while not woken and time.monotonic() < deadline:
+            if _segment.yield_to_writers():
+                handed_over += 1
+        thread.join()
+        assert woken == [True] and handed_over >= 1
+        # a wait that times out returns False and leaves no waiter behind
+        with cond:
+            assert cond.wait(0.01) is False
+            assert not cond._waiters
+    finally:
+        sys.setswitchinterval(old_interval)
