@@ -1,6 +1,10 @@
 # Latches of blocking appenders; see _latch.pyx.
 from cpython.pythread cimport PyThread_type_lock
 
+cdef extern from "pythread.h":  # (not in Cython's cpython.pythread)
+    int PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                    int intr_flag) nogil
+
 
 cdef class Latch:
     cdef PyThread_type_lock lock

@@ -16,10 +16,6 @@ from cpython.pythread cimport (PY_LOCK_ACQUIRED, WAIT_LOCK, PyThread_acquire_loc
                                PyThread_allocate_lock, PyThread_free_lock, PyThread_release_lock,
                                PyThread_type_lock)
 
-cdef extern from "pythread.h":
-    int PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
-                                    int intr_flag) nogil
-
 
 cdef class Latch:
     """A one-shot latch: ``acquire()`` waits, with the GIL released, until ``release()`` (the

@@ -6,14 +6,14 @@ Works on file descriptors only; knows nothing of segment lists, offsets or flush
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.pythread cimport PY_LOCK_ACQUIRED
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport int32_t, int64_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from posix.types cimport off_t
 
 from metaq_core._crc cimport checksum_raw
-from cpython.pythread cimport PY_LOCK_ACQUIRED, PyThread_type_lock
-from metaq_core._latch cimport Latch, Wakeups
+from metaq_core._latch cimport Latch, PyThread_acquire_lock_timed, Wakeups
 from metaq_core._record cimport (HEADER_SIZE, SCAN_CLEAN, SCAN_CORRUPT, SCAN_PARTIAL, load_be32,
                                  scan_raw, write_header)
 
@@ -28,10 +28,6 @@ cdef extern from *:
     void metaq_waiting_add(int v) nogil
     int metaq_waiting() nogil
     int metaq_load(const int* flag) nogil
-
-cdef extern from "pythread.h":
-    int PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
-                                    int intr_flag) nogil
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
